@@ -1,0 +1,203 @@
+"""Typed configuration: a YAML recipe (configs/*.yaml) plus `--set section.key=value` overrides.
+
+Every field has a default, so a recipe only states what differs. Unknown keys, wrong types and
+inconsistent values are rejected with the dotted name of the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ragqa.errors import RagqaError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    base: str = "smollm2-135m"
+    """Generator: a registry name (`ragqa models`), a local folder or a Hugging Face id."""
+    embedder: str = "minilm"
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda, cuda:N."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: float32 on CPU (bf16 matmuls are ~10x slower on typical CPUs), bfloat16 on CUDA."""
+
+
+class IndexConfig(_Section):
+    name: str = "default"
+    """A bare name means indexes/NAME/; a value containing '/' is the index directory itself."""
+    corpus: list[str] = Field(default_factory=lambda: ["corpora/starter/passages.jsonl"])
+    text_field: str = "text"
+    id_field: str = "id"
+    title_field: str = "title"
+    chunk_size: int = Field(256, gt=0)
+    """Tokens of the embedder's tokenizer per chunk (capped at the embedder's max sequence length)."""
+    chunk_overlap: int = Field(32, ge=0)
+    index_type: Literal["flat", "hnsw", "ivf"] = "flat"
+    embed_batch_size: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IndexConfig:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class RetrievalConfig(_Section):
+    mode: Literal["dense", "bm25", "hybrid", "none"] = "hybrid"
+    k: int = Field(3, gt=0, le=100)
+    rerank: str | None = None
+    """None, or a cross-encoder model (registry name, path or hub id)."""
+    rrf_k: int = Field(60, gt=0)
+    """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
+    abstain_below: float = 0.25
+    """Abstain when the best dense cosine similarity is below this (calibrated by benchmarks/retrieval.py)."""
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+class TrainConfig(_Section):
+    method: Literal["qlora", "lora", "none"] = "lora"
+    """qlora = lora on a 4-bit NF4 base (bitsandbytes); none = the base model, for the ablation."""
+    data: list[str] = Field(default_factory=lambda: ["corpora/starter/qa.jsonl"])
+    val_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    max_examples: int | None = Field(None, gt=0)
+    raft_gold_prob: float = Field(0.8, ge=0.0, le=1.0)
+    """RAFT: probability that the gold passage is among the k context passages."""
+    context_k: int = Field(3, ge=0, le=20)
+    lr: float = Field(2e-4, gt=0.0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, gt=0)
+    """If set, overrides epochs."""
+    batch_size: int = Field(4, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    max_seq_len: int = Field(512, gt=16)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    eval_every: int = Field(25, gt=0)
+    save_every: int = Field(25, gt=0)
+    seed: int = 0
+    output: str = "adapters/default"
+
+
+class AskConfig(_Section):
+    max_new_tokens: int = Field(160, gt=0, le=4096)
+    temperature: float = Field(0.0, ge=0.0)
+    """0 = greedy decoding."""
+    disclaimer: bool = True
+    threads: int | None = Field(None, gt=0)
+
+
+class Config(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ask: AskConfig = Field(default_factory=AskConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _known_keys(section: type[BaseModel]) -> str:
+    return ", ".join(section.model_fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """`train.lr=1e-4` -> (["train", "lr"], 0.0001); the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RagqaError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.lr=1e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and "e" in value.lower():
+        # YAML 1.1 reads "1e-4" as a string; accept it as the number a user meant.
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set data[path] = value, refusing keys the schema does not know."""
+    schema: type[BaseModel] = Config
+    node = data
+    for depth, part in enumerate(path):
+        if part not in schema.model_fields:
+            where = ".".join(path[:depth]) or "top level"
+            raise RagqaError(
+                f"unknown config key '{'.'.join(path)}' ({where} knows: {_known_keys(schema)})"
+            )
+        annotation = schema.model_fields[part].annotation
+        if depth == len(path) - 1:
+            node[part] = value
+            return
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise RagqaError(f"config key '{'.'.join(path[: depth + 1])}' is a value, not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RagqaError(f"config key '{'.'.join(path[: depth + 1])}' must be a mapping")
+        schema = annotation
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "config"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = first.get("input")
+    detail = f" (got {got!r})" if first["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {field}: {msg}{detail}{more}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML recipe (or the defaults when path is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise RagqaError(f"config file {p} not found (recipes live in configs/, e.g. configs/smollm2-135m_lora_cpu.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" line {line + 1}" if line is not None else ""
+            raise RagqaError(f"{p}{where}: not valid YAML; fix the syntax") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise RagqaError(f"{p}: top level must be a mapping of sections (model, index, retrieval, lora, train, ask)")
+        data = loaded
+    for item in overrides:
+        keys, value = parse_override(item)
+        apply_override(data, keys, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        suffix = " (or --set)" if overrides else ""
+        raise RagqaError(_format_validation_error(err, source + suffix)) from None

@@ -1,0 +1,57 @@
+"""Shared fixtures. Everything runs offline on the packaged models; shared data is optional."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTER = ROOT / "corpora" / "starter"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA} (only present in the development workplace)")
+    return SHARED_DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
+    """Run `python -m ragqa ARGS` in a subprocess, the way a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "ragqa", *args],
+        cwd=cwd or ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def generator():
+    from ragqa.models import load_generator
+
+    return load_generator("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from ragqa.models import load_embedder
+
+    return load_embedder("minilm", device="cpu")
