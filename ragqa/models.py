@@ -117,6 +117,11 @@ def resolve(name: str, kind: Kind | None = None) -> ResolvedModel:
             raise RagqaError(f"model '{name}' is a {spec.kind}, not a {kind}")
         path = packaged_path(spec)
         return ResolvedModel(name, str(path), "package", spec.gguf_file)
+    if kind in (None, "judge"):  # trained faithfulness judges: judges/NAME or <cache>/judges/NAME
+        from ragqa.judge.registry import find_judge
+
+        if (found := find_judge(name)) is not None:
+            return ResolvedModel(name, str(found), "path")
     path = Path(name).expanduser()
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
@@ -224,7 +229,9 @@ def load_generator(
     """
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars are noise for a 0.5 s load
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     location = generator_dir(name)
@@ -298,4 +305,10 @@ def describe_registry() -> None:
         except RagqaError:
             where = f"[yellow]not installed[/yellow]: {spec.install_hint}"
         table.add_row(spec.name, spec.kind, where, spec.hub_id, spec.description)
+    from ragqa.judge.registry import trained_judges
+
+    for name, path, card in trained_judges():
+        acc = card.get("metrics", {}).get("nli_dev", {}).get("accuracy")
+        note = f"trained NLI faithfulness judge from {card.get('base', '?')}" + (f", NLI dev acc {acc:.3f}" if acc else "")
+        table.add_row(name, "judge", str(path), "-", note)
     Console().print(table)

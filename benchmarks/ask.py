@@ -1,0 +1,131 @@
+"""Answer latency of `ragqa ask`: time to first token and decode tokens/s, side by side with llama.cpp.
+
+Rows: the base model, base + LoRA adapter (unmerged), and the adapter merged into the base, all through
+the same Pipeline with k passages in the prompt; plus the same model's GGUF weights run by llama.cpp
+(llama-cpp-python) on the same prompts when it is installed. Prints one JSON object.
+
+    python benchmarks/ask.py [--index indexes/default] [--adapter adapters/X] [--k 5] [--questions 8]
+
+Without --adapter, a fresh LoRA adapter with the recipe's rank and target modules is created: its compute
+cost is the same as a trained one's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _questions(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (ROOT / "corpora/starter/qa.jsonl").read_text().splitlines() if line]
+    return [r["question"] for r in rows[:: max(1, len(rows) // n)][:n]]
+
+
+def _fresh_adapter(cfg, out: Path) -> str:
+    from peft import LoraConfig, get_peft_model
+
+    from ragqa.models import load_generator
+
+    model, _ = load_generator(cfg.model.base, "cpu")
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, target_modules=cfg.lora.target_modules,
+                      task_type="CAUSAL_LM", init_lora_weights="gaussian")
+    get_peft_model(model, lora).save_pretrained(out)
+    return str(out)
+
+
+def _summ(rows: list[dict]) -> dict:
+    return {
+        "ttft_s_median": round(statistics.median(r["ttft_s"] for r in rows), 4),
+        "tokens_per_s_median": round(statistics.median(r["tokens_per_s"] for r in rows), 2),
+        "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1),
+        "new_tokens_mean": round(statistics.mean(r["new_tokens"] for r in rows), 1),
+        "n": len(rows),
+    }
+
+
+def _run_pipeline(pipe, questions, k, use_adapter: bool = True) -> list[dict]:
+    pipe.answer(questions[0], k=k, use_adapter=use_adapter)  # warm-up (first-call allocations)
+    answers = (pipe.answer(q, k=k, use_adapter=use_adapter) for q in questions)
+    return [a.timings for a in answers if not a.abstained]
+
+
+def _llama_cpp(prompts: list[str], max_new: int, threads: int) -> dict | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from ragqa.models import resolve
+
+    llm = Llama(model_path=resolve("smollm2-135m").location, n_ctx=4096, n_threads=threads, verbose=False)
+    rows = []
+    for i, prompt in enumerate([prompts[0], *prompts]):
+        start = time.perf_counter()
+        first, n = None, 0
+        for _ in llm.create_completion(prompt, max_tokens=max_new, temperature=0.0, stream=True,
+                                       repeat_penalty=1.1):
+            if first is None:
+                first = time.perf_counter() - start
+            n += 1
+        total = time.perf_counter() - start
+        if i:  # skip the warm-up
+            rows.append({"ttft_s": first, "tokens_per_s": (n - 1) / max(total - first, 1e-9),
+                         "prompt_tokens": len(llm.tokenize(prompt.encode(), special=True)), "new_tokens": n})
+    return _summ(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--index", default="default")
+    ap.add_argument("--adapter")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--questions", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    import torch
+
+    from ragqa.answer import Pipeline
+    from ragqa.config import load_config
+
+    cfg = load_config(None, [f"index.name={args.index}", f"retrieval.k={args.k}",
+                             f"ask.max_new_tokens={args.max_new_tokens}", "ask.disclaimer=false",
+                             "retrieval.abstain_below=-1"])
+    questions = _questions(args.questions)
+    result: dict = {"k": args.k, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
+                    "device": "cpu", "questions": len(questions)}
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter = args.adapter or _fresh_adapter(cfg, Path(tmp) / "adapter")
+        result["adapter"] = args.adapter or "fresh LoRA (untrained; same compute as a trained one)"
+        pipe = Pipeline(cfg, adapter=adapter)
+        result["base"] = _summ(_run_pipeline(pipe, questions, args.k, use_adapter=False))
+        result["adapter_unmerged"] = _summ(_run_pipeline(pipe, questions, args.k))
+        pipe.model = pipe.model.merge_and_unload()
+        pipe.adapter = None
+        result["adapter_merged"] = _summ(_run_pipeline(pipe, questions, args.k))
+        prompts = [pipe.prompt_for(q, pipe.retrieve(q, cfg.retrieval.mode, args.k), cfg.retrieval.mode)
+                   for q in questions]
+    llama = _llama_cpp(prompts, args.max_new_tokens, torch.get_num_threads())
+    if llama is None:
+        result["llama_cpp"] = "not installed (pip install llama-cpp-python builds it from source)"
+    else:
+        result["llama_cpp"] = llama
+        result["ratio_tokens_per_s_vs_llama_cpp"] = {
+            row: round(result[row]["tokens_per_s_median"] / llama["tokens_per_s_median"], 3)
+            for row in ("base", "adapter_unmerged", "adapter_merged")
+        }
+    result["targets"] = {"tokens_per_s_ratio_min": 0.5, "ttft_s_max": 1.5}
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""The answer pipeline shared by `ask` and `eval`: retrieve -> prompt -> generate (streaming) -> citations.
+
+Model, adapter and index are loaded once per Pipeline; every later question pays only for retrieval
+and generation. When retrieval finds nothing close enough, the pipeline abstains instead of letting
+the model improvise.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ragqa.config import Config
+from ragqa.errors import RagqaError
+from ragqa.passage import Passage
+from ragqa.prompt import clean_citations, fit_passages, render_prompt
+
+DISCLAIMER = "ragqa is a research tool, not medical advice: see a qualified clinician about any skin problem."
+ABSTAIN_TEXT = (
+    "I could not find a grounded answer in the indexed sources, so I will not guess. "
+    "The nearest sources are listed below."
+)
+CLOSED_BOOK_NOTE = "Answered from the model alone, without retrieved sources."
+MAX_QUESTION_CHARS = 2000
+RETRIEVAL_MODES = ("dense", "bm25", "hybrid", "none")
+
+
+def clean_question(question: str) -> str:
+    """Strip control characters and surrounding space; refuse empty questions; cap very long ones."""
+    text = "".join(ch if ch in "\n\t" or unicodedata.category(ch)[0] != "C" else " " for ch in question)
+    text = re.sub(r"\s+", " ", text).strip()
+    if not text:
+        raise RagqaError("the question is empty: type a question, e.g. ragqa ask \"What causes acne?\"")
+    return text[:MAX_QUESTION_CHARS]
+
+
+@dataclass
+class Answer:
+    question: str
+    answer: str
+    passages: list[Passage]
+    citations: list[int]
+    """1-based numbers of the passages the answer cites."""
+    removed_citations: int
+    abstained: bool
+    retrieval: str
+    adapter: str | None
+    timings: dict[str, float] = field(default_factory=dict)
+    disclaimer: str | None = None
+
+    def to_dict(self) -> dict:
+        cited = [
+            {"n": n, "chunk_id": p.chunk_id, "title": p.title, "source": p.source, "url": p.url}
+            for n, p in ((n, self.passages[n - 1]) for n in self.citations)
+        ]
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "citations": cited,
+            "removed_citations": self.removed_citations,
+            "abstained": self.abstained,
+            "retrieval": self.retrieval,
+            "adapter": self.adapter,
+            "passages": [p.to_dict() for p in self.passages],
+            "timings": self.timings,
+            "disclaimer": self.disclaimer,
+        }
+
+
+class Pipeline:
+    """Generator (+ optional LoRA adapter) and retriever, loaded once, answering many questions."""
+
+    def __init__(self, cfg: Config, adapter: str | None = None):
+        start = time.perf_counter()
+        import torch
+
+        from ragqa.models import load_generator
+
+        if cfg.ask.threads:
+            torch.set_num_threads(cfg.ask.threads)
+        self.cfg = cfg
+        self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)
+        self.adapter = None if adapter in (None, "", "none") else adapter
+        if self.adapter:
+            from ragqa.train.adapter import load_adapter
+
+            self.model = load_adapter(self.model, self.adapter, cfg.model.base)
+        self._retriever = None
+        self._unreported_load_s = time.perf_counter() - start
+        """Load time not yet attributed to an answer's timings (reported once, by the next answer)."""
+
+    @property
+    def retriever(self):
+        """The index, loaded on first use (closed-book questions never need it)."""
+        if self._retriever is None:
+            from ragqa.retrieve import Retriever
+
+            start = time.perf_counter()
+            self._retriever = Retriever.load(self.cfg.index.name, embedder=self.cfg.model.embedder,
+                                             device=self.cfg.model.device)
+            self._unreported_load_s += time.perf_counter() - start
+        return self._retriever
+
+    def retrieve(self, question: str, mode: str, k: int) -> list[Passage]:
+        if mode == "none":
+            return []
+        return self.retriever.retrieve(question, k=k, mode=mode, rerank=self.cfg.retrieval.rerank)
+
+    def should_abstain(self, passages: list[Passage]) -> bool:
+        """No passage, or the best dense cosine similarity below the calibrated threshold."""
+        if not passages:
+            return True
+        best = max(p.scores.get("dense", p.score) for p in passages)
+        return best < self.cfg.retrieval.abstain_below
+
+    def prompt_for(self, question: str, passages: list[Passage], mode: str) -> str:
+        """The exact prompt text generation starts from (passages trimmed to the context budget)."""
+        shown = None if mode == "none" else fit_passages(self.tokenizer, passages, self.cfg.ask.context_tokens)
+        return render_prompt(self.tokenizer, question, shown)
+
+    def answer(
+        self,
+        question: str,
+        retrieval: str | None = None,
+        k: int | None = None,
+        use_adapter: bool = True,
+        disclaimer: bool | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Answer one question; on_token receives text pieces as they are generated."""
+        mode = retrieval or self.cfg.retrieval.mode
+        if mode not in RETRIEVAL_MODES:
+            raise RagqaError(f"retrieval mode '{mode}' is not one of {', '.join(RETRIEVAL_MODES)}")
+        k = k or self.cfg.retrieval.k
+        question = clean_question(question)
+        if mode != "none":
+            self.retriever  # noqa: B018 - load before timing retrieval, so load time is reported apart
+        timings: dict[str, float] = {"load_s": round(self._unreported_load_s, 4)}
+        self._unreported_load_s = 0.0
+        start = time.perf_counter()
+        passages = self.retrieve(question, mode, k)
+        timings["retrieve_s"] = round(time.perf_counter() - start, 4)
+        use_adapter = use_adapter and self.adapter is not None
+        add_disclaimer = self.cfg.ask.disclaimer if disclaimer is None else disclaimer
+        note = DISCLAIMER if add_disclaimer else None
+
+        if mode != "none" and self.should_abstain(passages):
+            timings["total_s"] = timings["retrieve_s"]
+            return Answer(question, ABSTAIN_TEXT, passages, [], 0, True, mode,
+                          self.adapter if use_adapter else None, timings, note)
+
+        raw, gen_timings = self._generate(self.prompt_for(question, passages, mode), use_adapter, on_token)
+        timings.update(gen_timings)
+        timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"], 4)
+        cleaned = clean_citations(raw, len(passages))
+        return Answer(question, cleaned.text, passages, cleaned.cited, cleaned.removed, False, mode,
+                      self.adapter if use_adapter else None, timings, note)
+
+    def _generate(self, prompt: str, use_adapter: bool, on_token) -> tuple[str, dict[str, float]]:
+        import contextlib
+
+        import torch
+        from transformers import TextIteratorStreamer
+
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        temperature = self.cfg.ask.temperature
+        kwargs = dict(
+            **enc,
+            max_new_tokens=self.cfg.ask.max_new_tokens,
+            do_sample=temperature > 0,
+            streamer=streamer,
+            pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=1.1,
+        )
+        if temperature > 0:
+            kwargs["temperature"] = temperature
+            torch.manual_seed(self.cfg.train.seed)
+        else:
+            # Explicit greedy: override sampling defaults a model's generation_config may carry.
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        adapter_off = (
+            self.model.disable_adapter() if (self.adapter and not use_adapter) else contextlib.nullcontext()
+        )
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), adapter_off:
+                    result["ids"] = self.model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+                result["error"] = exc
+                streamer.end()
+
+        start = time.perf_counter()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        pieces: list[str] = []
+        first = None
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter() - start
+            pieces.append(piece)
+            if on_token:
+                on_token(piece)
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        elapsed = time.perf_counter() - start
+        new_tokens = int(result["ids"].shape[1] - enc["input_ids"].shape[1])
+        decode_s = max(elapsed - (first or elapsed), 1e-9)
+        return "".join(pieces).strip(), {
+            "prompt_tokens": int(enc["input_ids"].shape[1]),
+            "new_tokens": new_tokens,
+            "ttft_s": round(first if first is not None else elapsed, 4),
+            "generate_s": round(elapsed, 4),
+            "tokens_per_s": round(max(new_tokens - 1, 0) / decode_s, 3),
+        }

@@ -1,0 +1,145 @@
+"""`ragqa ask`: the terminal front-end of the answer pipeline (one-shot, interactive, or JSON lines)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+
+from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
+from ragqa.config import Config
+from ragqa.errors import RagqaError
+
+HELP = ":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :sources  last answer's passages | :quit"
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def _check_index(cfg: Config) -> None:
+    """Fail fast, before the model loads, when retrieval needs an index that is not there."""
+    if cfg.retrieval.mode == "none":
+        return
+    from ragqa.index import index_dir
+
+    path = index_dir(cfg.index.name)
+    if not (path / "manifest.json").is_file():
+        flag = "" if cfg.index.name == "default" else f" --index {cfg.index.name}"
+        raise RagqaError(f"no index at {path}: run `ragqa ingest{flag}` first (or use --retrieval none)")
+
+
+def print_sources(answer, only_cited: bool = True) -> None:
+    numbers = answer.citations if (only_cited and answer.citations) else range(1, len(answer.passages) + 1)
+    if only_cited and answer.citations:
+        label = "Sources cited"
+    else:
+        label = "Nearest sources" if answer.abstained else "Sources retrieved (none cited)"
+    if not answer.passages:
+        return
+    out.print(f"\n[bold]{label}[/bold]")
+    for n in numbers:
+        p = answer.passages[n - 1]
+        where = " · ".join(x for x in (p.source, p.url) if x)
+        cosine = p.scores.get("dense")
+        sim = f" (similarity {cosine:.2f})" if cosine is not None else ""
+        out.print(f"  [{n}] {p.title or p.doc_id}{sim}\n      [dim]{where} · {p.chunk_id}[/dim]")
+
+
+def _show(answer, as_json: bool, streamed: bool) -> None:
+    if as_json:
+        print(json.dumps(answer.to_dict()), flush=True)
+        return
+    if answer.abstained:
+        out.print(f"[yellow]{answer.answer}[/yellow]")
+        print_sources(answer, only_cited=False)
+    else:
+        if not streamed:
+            out.print(answer.answer)
+        else:
+            out.print()
+        if answer.removed_citations:
+            out.print(f"[dim]({answer.removed_citations} citation marker(s) pointing at no passage removed)[/dim]")
+        if answer.retrieval == "none":
+            out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
+        else:
+            print_sources(answer)
+    t = answer.timings
+    out.print(f"[dim]retrieval {t.get('retrieve_s', 0):.2f}s · first token {t.get('ttft_s', 0):.2f}s · "
+              f"{t.get('tokens_per_s', 0):.1f} tok/s[/dim]")
+    if answer.disclaimer:
+        out.print(f"[dim italic]{answer.disclaimer}[/dim italic]")
+
+
+def answer_one(pipe, question: str, mode: str, k: int, as_json: bool):
+    """Answer and display one question, streaming tokens unless JSON is asked for."""
+    stream = None if as_json else (lambda piece: out.print(piece, end=""))
+    if not as_json and mode == "none":
+        out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
+    answer = pipe.answer(question, retrieval=mode, k=k, on_token=stream)
+    _show(answer, as_json, streamed=stream is not None and not answer.abstained)
+    return answer
+
+
+def _session(pipe, cfg: Config, as_json: bool) -> None:
+    """Read questions until EOF or :quit; ':' commands change k and mode between questions."""
+    interactive = sys.stdin.isatty()
+    if interactive:
+        _enable_history()
+        out.print(f"[bold]ragqa[/bold] interactive session. {HELP}")
+    mode, k, last = cfg.retrieval.mode, cfg.retrieval.k, None
+    while True:
+        try:
+            line = input("ragqa> " if interactive else "")
+        except EOFError:
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(":"):
+            cmd, _, arg = line[1:].partition(" ")
+            if cmd in ("q", "quit", "exit"):
+                break
+            if cmd == "k" and arg.strip().isdigit() and int(arg) > 0:
+                k = int(arg)
+            elif cmd == "mode" and arg.strip() in ("dense", "bm25", "hybrid", "none"):
+                mode = arg.strip()
+            elif cmd == "sources" and last is not None:
+                print_sources(last, only_cited=False)
+            else:
+                err.print(HELP)
+            continue
+        try:
+            last = answer_one(pipe, line, mode, k, as_json)
+        except RagqaError as exc:  # one bad question must not end the session
+            err.print(f"error: {exc}")
+
+
+def _enable_history() -> None:
+    try:
+        import readline
+
+        from ragqa.models import cache_dir
+
+        history = cache_dir() / "ask_history"
+        history.parent.mkdir(parents=True, exist_ok=True)
+        if history.exists():
+            readline.read_history_file(history)
+        import atexit
+
+        atexit.register(readline.write_history_file, history)
+    except (ImportError, OSError):
+        pass
+
+
+def run(cfg: Config, question: str | None, adapter: str | None, as_json: bool) -> None:
+    """Entry point of `ragqa ask`."""
+    if question is not None:
+        question = clean_question(question)
+    _check_index(cfg)
+    with err.status("loading model and index ...", spinner="dots"):
+        pipe = Pipeline(cfg, adapter=adapter)
+    if question is not None:
+        answer_one(pipe, question, cfg.retrieval.mode, cfg.retrieval.k, as_json)
+    else:
+        _session(pipe, cfg, as_json)

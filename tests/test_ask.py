@@ -1,0 +1,101 @@
+"""`ragqa ask` end to end on a starter index with the packaged model."""
+
+import json
+
+import pytest
+
+from conftest import STARTER, run_cli
+
+
+@pytest.fixture(scope="module")
+def starter_index(tmp_path_factory):
+    from ragqa.config import load_config
+    from ragqa.index import ingest
+
+    path = tmp_path_factory.mktemp("idx") / "starter"
+    ingest(load_config(None, [f"index.name={path}", f"index.corpus=[{STARTER / 'passages.jsonl'}]"]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(starter_index):
+    from ragqa.answer import Pipeline
+    from ragqa.config import load_config
+
+    cfg = load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=48", "retrieval.k=3"])
+    return Pipeline(cfg)
+
+
+def test_one_shot_json(starter_index):
+    res = run_cli("ask", "How is scabies treated?", "--index", str(starter_index), "--json",
+                  "--max-new-tokens", "40")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    assert data["answer"].strip() and data["abstained"] is False
+    assert len(data["passages"]) == 3
+    assert any("scabies" in p["title"].lower() for p in data["passages"])
+    assert all("dense" in p["scores"] for p in data["passages"])
+    for c in data["citations"]:
+        assert 1 <= c["n"] <= 3 and c["chunk_id"]
+    assert {"retrieve_s", "ttft_s", "tokens_per_s", "generate_s", "load_s"} <= set(data["timings"])
+    assert data["disclaimer"] and "not medical advice" in data["disclaimer"]
+
+
+def test_streaming_terminal_output_has_sources_and_disclaimer(starter_index):
+    res = run_cli("ask", "What are the warning signs of melanoma?", "--index", str(starter_index),
+                  "--max-new-tokens", "40")
+    assert res.returncode == 0, res.stderr
+    assert "Sources" in res.stdout and "not medical advice" in res.stdout
+    assert "melanoma" in res.stdout.lower()
+
+
+def test_off_topic_question_abstains(pipeline):
+    ans = pipeline.answer("What is the capital of France?")
+    assert ans.abstained and ans.citations == []
+    assert ans.passages  # the nearest sources are still shown
+    assert "generate_s" not in ans.timings  # the model was not asked to improvise
+
+
+def test_in_domain_question_does_not_abstain(pipeline):
+    ans = pipeline.answer("What causes cold sores?")
+    assert not ans.abstained and ans.answer
+
+
+def test_empty_retrieval_abstains(pipeline):
+    assert pipeline.should_abstain([])
+
+
+def test_closed_book_mode(pipeline):
+    ans = pipeline.answer("What is psoriasis?", retrieval="none")
+    assert ans.passages == [] and not ans.abstained and ans.answer
+
+
+def test_second_question_has_no_load_cost(starter_index):
+    from conftest import ROOT
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "ragqa", "ask", "--index", str(starter_index), "--json", "--max-new-tokens", "8"],
+        input="What is rosacea?\n:k 2\nWhat is vitiligo?\n", capture_output=True, text=True, cwd=ROOT,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    first, second = (json.loads(line) for line in res.stdout.strip().splitlines())
+    assert first["timings"]["load_s"] > 0.2
+    assert second["timings"]["load_s"] == 0.0
+    assert len(second["passages"]) == 2  # the :k command applied
+    assert second["timings"]["total_s"] < first["timings"]["load_s"] + first["timings"]["total_s"]
+
+
+def test_missing_index_says_what_to_run(tmp_path):
+    res = run_cli("ask", "What is acne?", "--index", str(tmp_path / "nope"))
+    assert res.returncode == 2
+    assert f"run `ragqa ingest --index {tmp_path / 'nope'}` first" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("question", ["", "   \n\t ", "\x01\x02\x1b"])
+def test_empty_questions_are_refused(question):
+    res = run_cli("ask", question, "--retrieval", "none")
+    assert res.returncode == 2 and "question is empty" in res.stderr
