@@ -1,0 +1,200 @@
+"""Retrieval latency, FAISS flat vs HNSW at scale, retrieval quality and an abstention threshold. Prints JSON.
+
+    .venv/bin/python benchmarks/retrieval.py                       # MedQuAD index (built if missing), 1M vectors
+    .venv/bin/python benchmarks/retrieval.py --n 100000 --limit-qa 200 --queries 100   # quicker
+
+Parts (each can be skipped):
+  latency   p50/p95 of Retriever.retrieve (query embedding + search) for dense, bm25, hybrid.
+            Target: hybrid p50 <= 20 ms at 16k passages on 2 cores.
+  faiss     search alone over N synthetic 384-d normalized vectors (clustered, like sentence embeddings):
+            flat (exact) vs HNSW, recall@10 of HNSW against flat for a few efSearch values (target >= 0.95).
+  quality   recall@1/5/10 and MRR@10 on medquad-derm-qa.jsonl (gold passage ids) over all MedQuAD passages.
+  abstain   best dense cosine of in-domain questions vs off-topic ones, on the MedQuAD index and on the
+            starter index, and the threshold that separates them best (retrieval.abstain_below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
+
+# Questions a dermatology assistant should decline: nothing in a medical corpus answers them.
+OFF_TOPIC = [
+    "How do I change a flat tyre on a bicycle?", "What is the capital of Australia?",
+    "Who won the football world cup in 2014?", "How do I bake sourdough bread?",
+    "What is the best way to learn the guitar?", "How many moons does Jupiter have?",
+    "How do I reset my wifi router password?", "What is a good name for a pet goldfish?",
+    "How do I write a for loop in Python?", "When was the Eiffel Tower built?",
+    "What is the exchange rate between euros and dollars?", "How do I fold a paper airplane?",
+    "What time does the sun set in winter in Oslo?", "How do you play chess openings well?",
+    "What is the plot of Hamlet?", "How can I improve my credit score?",
+    "What's the fastest way to commute across London?", "How do solar panels produce electricity?",
+    "Which programming language should I learn first?", "How do I grow tomatoes on a balcony?",
+    "What is the tallest mountain in Africa?", "How does a car engine work?",
+    "How do I file my taxes online?", "What are the rules of cricket?", "How do I make cold brew coffee?",
+    "Who painted the Mona Lisa?", "How do airplanes stay in the air?", "What is quantum entanglement?",
+    "How do I train my dog to sit?", "What is the population of Canada?",
+    "How do I remove a stripped screw?", "What is the difference between a crocodile and an alligator?",
+    "How do I knit a scarf?", "What's a good strategy for the stock market?",
+    "How do I clean a cast iron pan?", "Why is the sky blue?", "How do I install Linux on a laptop?",
+    "What are the lyrics of the national anthem of France?", "How long does it take to fly to Tokyo?",
+    "How do I start a podcast?",
+]
+
+
+def percentile(values, q) -> float:
+    return round(float(np.percentile(values, q)), 2)
+
+
+def ensure_index(name: str, corpus: str, embedder, text_field: str = "text") -> Path:
+    from ragqa import index
+    from ragqa.config import load_config
+
+    cfg = load_config(None, [f"index.name={name}", f"index.corpus=[{corpus}]", f"index.text_field={text_field}"])
+    return index.ingest(cfg, embedder=embedder)
+
+
+def latency(retriever, questions: list[str]) -> dict:
+    out = {}
+    for q in questions[:5]:
+        retriever.retrieve(q, k=10, mode="hybrid")  # warm up
+    for mode in ("dense", "bm25", "hybrid"):
+        times = []
+        for q in questions:
+            start = time.perf_counter()
+            retriever.retrieve(q, k=10, mode=mode)
+            times.append((time.perf_counter() - start) * 1000)
+        out[mode] = {"p50_ms": percentile(times, 50), "p95_ms": percentile(times, 95), "queries": len(times)}
+    start = time.perf_counter()
+    for q in questions:
+        retriever.embed_query(q)
+    out["query_embedding_mean_ms"] = round((time.perf_counter() - start) * 1000 / len(questions), 2)
+    out["hybrid_target_p50_ms"] = 20
+    return out
+
+
+def synthetic(n: int, dim: int, seed: int, queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clustered unit vectors (sentence embeddings are clustered by topic, unlike uniform noise)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(16, n // 1000), dim)).astype(np.float32)
+    def draw(m):
+        x = centers[rng.integers(0, len(centers), m)] + 0.6 * rng.standard_normal((m, dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+    return draw(n), draw(queries)
+
+
+def faiss_bench(n: int, dim: int = 384, queries: int = 200, m: int = 32, ef_construction: int = 80) -> dict:
+    import faiss
+
+    xb, xq = synthetic(n, dim, 0, queries)
+    out: dict = {"n": n, "dim": dim, "queries": queries, "threads": faiss.omp_get_max_threads()}
+    flat = faiss.IndexFlatIP(dim)
+    flat.add(xb)
+    start = time.perf_counter()
+    _, truth = flat.search(xq, 10)
+    out["flat"] = {"search_ms_per_query_batched": round((time.perf_counter() - start) * 1000 / queries, 3)}
+    single = []
+    for q in xq[:50]:
+        start = time.perf_counter()
+        flat.search(q[None, :], 10)
+        single.append((time.perf_counter() - start) * 1000)
+    out["flat"]["p50_ms_single_query"] = percentile(single, 50)
+    hnsw = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = ef_construction
+    start = time.perf_counter()
+    hnsw.add(xb)
+    out["hnsw"] = {"M": m, "efConstruction": ef_construction, "build_s": round(time.perf_counter() - start, 1),
+                   "by_ef_search": {}}
+    for ef in (32, 64, 128, 256):
+        hnsw.hnsw.efSearch = ef
+        single = []
+        found = np.empty_like(truth)
+        for i, q in enumerate(xq):
+            start = time.perf_counter()
+            found[i] = hnsw.search(q[None, :], 10)[1][0]
+            single.append((time.perf_counter() - start) * 1000)
+        recall = np.mean([len(set(found[i]) & set(truth[i])) / 10 for i in range(queries)])
+        out["hnsw"]["by_ef_search"][ef] = {"recall@10_vs_flat": round(float(recall), 4),
+                                           "p50_ms_single_query": percentile(single, 50)}
+    return out
+
+
+def best_cosines(retriever, questions: list[str]) -> list[float]:
+    return [max(p.scores["dense"] for p in retriever.retrieve(q, k=1, mode="dense")) for q in questions]
+
+
+def threshold(in_domain: list[float], off_topic: list[float]) -> dict:
+    """The cut that maximizes balanced accuracy (answer in-domain, abstain off-topic)."""
+    values = sorted(set(in_domain + off_topic))
+    cuts = [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]  # midway between observed scores
+    best = round(max(cuts, key=lambda t: (np.mean(np.array(in_domain) >= t) + np.mean(np.array(off_topic) < t),
+                                         -t)), 3)
+    return {
+        "in_domain": {"n": len(in_domain), "min": round(min(in_domain), 3), "p05": percentile(in_domain, 5),
+                      "p50": percentile(in_domain, 50)},
+        "off_topic": {"n": len(off_topic), "p50": percentile(off_topic, 50), "p95": percentile(off_topic, 95),
+                      "max": round(max(off_topic), 3)},
+        "best_threshold": float(best),
+        "answered_in_domain": round(float(np.mean(np.array(in_domain) >= best)), 3),
+        "abstained_off_topic": round(float(np.mean(np.array(off_topic) < best)), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", default=None, help="MedQuAD index dir (default: a temp dir, built once)")
+    parser.add_argument("--corpus", default=str(SHARED / "medquad-passages.jsonl"))
+    parser.add_argument("--qa", default=str(SHARED / "medquad-derm-qa.jsonl"))
+    parser.add_argument("--limit-qa", type=int, help="use only the first N Q&A rows for quality")
+    parser.add_argument("--queries", type=int, default=200, help="questions timed per mode")
+    parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors for flat vs HNSW")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
+    args = parser.parse_args()
+
+    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
+    from ragqa.models import load_embedder
+    from ragqa.retrieve import Retriever
+
+    result: dict = {"cpu_count": os.cpu_count()}
+    if "faiss" not in args.skip:
+        result["faiss"] = faiss_bench(args.n)
+    if {"latency", "quality", "abstain"} - set(args.skip):
+        embedder = load_embedder("minilm", "auto")
+        with tempfile.TemporaryDirectory(prefix="ragqa-bench-retrieval-") as tmp:
+            path = Path(args.index) if args.index else Path(tmp) / "medquad"
+            retriever = Retriever.load(ensure_index(str(path), args.corpus, embedder), embedder_model=embedder)
+            result["index"] = {"path": str(path), "chunks": len(retriever),
+                               "documents": retriever.manifest["counts"]["documents"]}
+            rows = load_qa(args.qa, args.limit_qa)
+            questions = [r["question"] for r in rows]
+            if "latency" not in args.skip:
+                result["latency"] = latency(retriever, questions[: args.queries])
+            if "quality" not in args.skip:
+                result["quality"] = evaluate_retrieval(retriever, rows)
+                print(format_table(result["quality"]), file=sys.stderr)
+            if "abstain" not in args.skip:
+                result["abstain"] = {"medquad": threshold(best_cosines(retriever, questions[:300]),
+                                                          best_cosines(retriever, OFF_TOPIC))}
+                starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
+                                                      str(ROOT / "corpora/starter/passages.jsonl"), embedder),
+                                         embedder_model=embedder)
+                starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
+                result["abstain"]["starter"] = threshold(best_cosines(starter, starter_q),
+                                                         best_cosines(starter, OFF_TOPIC))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,356 @@
+"""The ablation matrix: every question x configuration (base / lora / rag / rag+lora ...), resumable.
+
+Each finished (question, configuration) pair is appended to results.jsonl as one line (flushed and
+fsynced) with its answer, passages, timings and scores, so a killed run keeps everything so far and the
+next run continues where it stopped without duplicates. The report is rebuilt from results.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ragqa.config import Config
+from ragqa.errors import RagqaError
+
+STARTER_QA = "corpora/starter/qa.jsonl"
+DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
+RESULTS = "results.jsonl"
+RUN_META = "run.json"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One row of the matrix."""
+
+    name: str
+    retrieval: str
+    """none, dense, bm25 or hybrid."""
+    use_adapter: bool
+
+
+def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
+    """'base,lora,rag,rag+lora' (+ extra rows dense, bm25, hybrid, each optionally '+lora')."""
+    rag_mode = default_mode if default_mode != "none" else "hybrid"
+    out: list[EvalConfig] = []
+    for raw in text.split(","):
+        name = raw.strip().lower()
+        if not name:
+            continue
+        head, _, tail = name.partition("+")
+        if tail not in ("", "lora") or head not in ("base", "lora", "rag", "dense", "bm25", "hybrid"):
+            raise RagqaError(f"--configs: unknown configuration '{raw.strip()}' (use base, lora, rag, rag+lora, "
+                             "or dense / bm25 / hybrid with optional +lora)")
+        if head in ("base", "lora") and tail:
+            raise RagqaError(f"--configs: '{name}' is not a configuration (did you mean rag+lora?)")
+        mode = {"base": "none", "lora": "none", "rag": rag_mode}.get(head, head)
+        config = EvalConfig(name, mode, head == "lora" or tail == "lora")
+        if config.name not in {c.name for c in out}:
+            out.append(config)
+    if not out:
+        raise RagqaError("--configs: give at least one configuration, e.g. --configs base,rag")
+    return out
+
+
+def _sha256(path: str | Path) -> str:
+    from ragqa.train.data import file_sha256
+
+    return file_sha256(path)
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Q&A rows {id, question, answer, gold_passage_ids} from JSONL/JSON/CSV/Parquet (ids as training uses)."""
+    from ragqa.train.data import load_qa
+
+    if not Path(path).is_file():
+        raise RagqaError(f"--questions {path}: file not found (JSONL with id, question, answer fields)")
+    rows, _ = load_qa([str(path)])
+    return [{"id": r.id, "question": r.question, "answer": r.answer, "gold_passage_ids": r.gold_ids} for r in rows]
+
+
+def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
+    """The {'train': ids, 'val': ids} split saved in the adapter's ragqa_card.json (None without one)."""
+    if not adapter:
+        return None
+    from ragqa.train.adapter import read_card
+
+    card = read_card(adapter)
+    split = (card or {}).get("split")
+    if not isinstance(split, dict):
+        return None
+    return {key: [str(i) for i in split.get(key) or []] for key in ("train", "val")}
+
+
+def select_questions(rows: list[dict], adapter: str | None, *, default_set: bool, exclude_trained: bool,
+                     limit: int | None) -> tuple[list[dict], dict[str, Any]]:
+    """Apply the training-split guard, the held-out default and --limit; returns (rows, notes)."""
+    split = adapter_split(adapter)
+    notes: dict[str, Any] = {"excluded_trained": 0}
+    if adapter and split is None:
+        notes["warning"] = (f"adapter {adapter} has no split in ragqa_card.json: cannot check that questions "
+                            "were not trained on")
+    if split is not None:
+        trained = set(split["train"])
+        if default_set:
+            held_out = set(split["val"])
+            rows = [r for r in rows if r["id"] in held_out]
+        overlap = [r["id"] for r in rows if r["id"] in trained]
+        if overlap and not exclude_trained:
+            raise RagqaError(
+                f"{len(overlap)} of the questions (e.g. {overlap[0]}) are in the training split of adapter "
+                f"{adapter}: scoring them would overstate the adapter; use held-out questions, or "
+                "--exclude-trained to drop them"
+            )
+        notes["excluded_trained"] = len(overlap)
+        rows = [r for r in rows if r["id"] not in trained]
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise RagqaError("no questions left to evaluate (check --questions, --limit and the adapter's split)")
+    return rows, notes
+
+
+class ResultsLog:
+    """results.jsonl: one JSON line per finished (question, configuration), appended with fsync."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.records: list[dict] = []
+        self.dropped_partial = False
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            # A kill mid-write leaves a partial last line: cut it so the next append starts clean.
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.dropped_partial = True
+        seen: set[tuple[str, str]] = set()
+        for n, line in enumerate(data[:end].splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key = (str(rec["qid"]), str(rec["config"]))
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                raise RagqaError(f"{self.path} line {n}: damaged record; delete the file (or use --fresh) "
+                                 "to start the evaluation again") from None
+            if key not in seen:
+                seen.add(key)
+                self.records.append(rec)
+
+    @property
+    def done(self) -> set[tuple[str, str]]:
+        return {(str(r["qid"]), str(r["config"])) for r in self.records}
+
+    def append(self, record: dict) -> None:
+        """Write one record durably; a kill before the fsync loses at most this record."""
+        line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        with open(self.path, "ab", buffering=0) as fh:  # unbuffered: the line goes out in one write()
+            fh.write(line)
+            os.fsync(fh.fileno())
+        self.records.append(record)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temp file beside `path`, fsync, rename into place."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge: str | None) -> dict[str, Any]:
+    """What must not change between a run and its resume (results would otherwise mix two setups)."""
+    return {
+        "questions": str(questions_path),
+        "questions_sha256": _sha256(questions_path),
+        "adapter": adapter,
+        "adapter_sha256": _sha256(Path(adapter) / "adapter_model.safetensors")
+        if adapter and (Path(adapter) / "adapter_model.safetensors").is_file() else None,
+        "model": cfg.model.base,
+        "embedder": cfg.model.embedder,
+        "index": cfg.index.name,
+        "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")},
+        "judge": judge,
+    }
+
+
+def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> ResultsLog:
+    """Create the output folder; refuse to resume into results from a different setup."""
+    if output.exists() and not output.is_dir():
+        raise RagqaError(f"--output {output} exists and is a file: give a folder path")
+    output.mkdir(parents=True, exist_ok=True)
+    meta_path, results = output / RUN_META, output / RESULTS
+    if fresh:
+        results.unlink(missing_ok=True)
+    previous: dict[str, Any] = {}
+    if meta_path.is_file() and results.is_file():
+        try:
+            previous = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            previous = {}
+        before = previous.get("fingerprint", {}) if isinstance(previous, dict) else {}
+        changed = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+        if changed:
+            raise RagqaError(f"{output} holds results of a different run ({', '.join(changed)} changed): "
+                             "use --fresh to start over, or another --output")
+    write_json_atomic(meta_path, {"fingerprint": fingerprint, "nli_judge": previous.get("nli_judge", "not run"),
+                                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return ResultsLog(results)
+
+
+def _passage_record(p) -> dict[str, Any]:
+    return {"chunk_id": p.chunk_id, "doc_id": p.doc_id, "title": p.title, "text": p.text,
+            "score": round(float(p.score), 6)}
+
+
+def load_nli_judge(cfg: Config, spec: str | None):
+    """(judge or None, note): the NLI faithfulness judge, or why the nli_faithfulness column is unavailable."""
+    if spec == "none":
+        return None, "disabled (--nli-judge none)"
+    from ragqa.judge import judge_from_config
+
+    if spec:
+        cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"name": spec})})
+    try:
+        judge = judge_from_config(cfg)
+    except RagqaError as exc:
+        return None, f"not available ({exc})"
+    return judge, f"NLI judge {judge.name}"
+
+
+def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
+               adapter: str | None, scorer, pipeline_factory=None, progress: bool = True) -> int:
+    """Answer and score every pending (question, configuration); returns how many were run."""
+    done = log.done
+    pending = {c.name: [r for r in rows if (r["id"], c.name) not in done] for c in configs}
+    total = sum(len(v) for v in pending.values())
+    if total == 0:
+        return 0
+    if pipeline_factory is None:
+        from ragqa.answer import Pipeline
+
+        pipeline_factory = Pipeline
+    pipe = pipeline_factory(cfg, adapter=adapter)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = [TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        tasks = {c.name: bar.add_task(c.name, total=len(rows), completed=len(rows) - len(pending[c.name]))
+                 for c in configs}
+        for config in configs:
+            for row in pending[config.name]:
+                record = answer_record(pipe, row, config)
+                record["scores"], record["failures"] = scorer.score(row, record)
+                log.append(record)
+                bar.advance(tasks[config.name])
+    return total
+
+
+def answer_record(pipe, row: dict, config: EvalConfig) -> dict[str, Any]:
+    """Run one question through one configuration; a question the pipeline refuses becomes an error record."""
+    base = {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
+            "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
+            "adapter": config.use_adapter}
+    try:
+        ans = pipe.answer(row["question"], retrieval=config.retrieval, use_adapter=config.use_adapter,
+                          disclaimer=False)
+    except RagqaError as exc:
+        return {**base, "answer": "", "passages": [], "citations": [], "abstained": False, "timings": {},
+                "error": str(exc)}
+    return {**base, "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
+            "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
+            "error": None}
+
+
+
+def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None = None,
+             configs: str = DEFAULT_CONFIGS, limit: int | None = None, output: str | Path = "eval/reports/default",
+             seed: int = 0, judge: str | None = None, judge_base_url: str | None = None,
+             nli_judge: str | None = None, exclude_trained: bool = False, fresh: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the matrix and write the report; returns the summary with `paths`."""
+    from ragqa.evaluate import report
+
+    adapter = None if adapter in (None, "", "none") else adapter
+    if adapter and not Path(adapter).is_dir():
+        raise RagqaError(f"--adapter {adapter}: not found (train one with `ragqa train --output {adapter}`)")
+    if limit is not None and limit <= 0:
+        raise RagqaError(f"--limit must be positive (got {limit})")
+    plan = parse_configs(configs, cfg.retrieval.mode)
+    if any(c.use_adapter for c in plan) and not adapter:
+        names = ", ".join(c.name for c in plan if c.use_adapter)
+        raise RagqaError(f"configurations {names} need an adapter: pass --adapter PATH "
+                         "(train one with `ragqa train`) or drop them, e.g. --configs base,rag")
+    questions_path = questions or STARTER_QA
+    rows, notes = select_questions(load_questions(questions_path), adapter, default_set=questions is None,
+                                   exclude_trained=exclude_trained, limit=limit)
+    output = Path(output)
+    log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
+    meta_path = output / RUN_META
+    nli_note = json.loads(meta_path.read_text(encoding="utf-8")).get("nli_judge", "not run")
+    start = time.perf_counter()
+    if any((r["id"], c.name) not in log.done for r in rows for c in plan):
+        from ragqa.evaluate.metrics import Scorer, make_llm_judge
+        from ragqa.models import load_embedder
+
+        nli, nli_note = load_nli_judge(cfg, nli_judge)
+        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note})
+        llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens) if judge \
+            else None
+        scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
+                        llm_metrics=cfg.eval.judge_metrics)
+        run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
+    elapsed = time.perf_counter() - start
+    names = [c.name for c in plan]
+    records = report.group_records(log.records, {r["id"] for r in rows}, names)
+    meta = {"question file": str(questions_path) + (" (held-out split of the adapter)" if questions is None and adapter
+                                                else ""),
+            "adapter": adapter or "none", "model": cfg.model.base, "index": cfg.index.name,
+            "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
+            "nli_judge": nli_note, "excluded_trained": notes["excluded_trained"]}
+    if "warning" in notes:
+        meta["warning"] = notes["warning"]
+    summary = report.write_report(output, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap)
+    summary["paths"] = {name: str(output / name) for name in
+                        ("results.jsonl", "report.md", "report.html", "matrix.png", "summary.json")}
+    summary["wall_s"] = round(elapsed, 1)
+    return summary
+
+
+def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: str | Path = "eval/reports/default",
+                        limit: int | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+    """recall@k and MRR@10 of every retrieval mode on the questions' gold passages; writes retrieval.md/json."""
+    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
+    from ragqa.evaluate.report import write_text_atomic
+    from ragqa.retrieve import Retriever
+
+    rows = load_qa(questions or STARTER_QA, limit)
+    retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device)
+    ks = sorted({1, cfg.retrieval.k, 10})
+    results = evaluate_retrieval(retriever, rows, ks=ks, rerank=cfg.retrieval.rerank, progress=progress)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise RagqaError(f"--output {out} exists and is a file: give a folder path")
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_table(results)
+    write_json_atomic(out / "retrieval.json", results)
+    write_text_atomic(out / "retrieval.md", f"# ragqa retrieval ({questions or STARTER_QA}, index {cfg.index.name})"
+                                            f"\n\n{table}\n")
+    print(table)
+    return results

@@ -1,0 +1,306 @@
+"""Per-answer metrics for the ablation: reference overlap, retrieval, faithfulness, optional LLM judge.
+
+Offline by default. Reference metrics use ragas' non-LLM metrics (ROUGE-L, string presence, semantic
+similarity with the local embedder) plus token F1 and a BERTScore-style greedy token match; retrieval
+metrics use ragas' id-based context precision/recall on the gold document ids; faithfulness comes from
+the local NLI judge (ragqa.judge) when one is trained. LLM-judged ragas metrics (faithfulness, answer
+relevancy, context precision/recall) run only when a judge is configured (`local:NAME` or
+`openai:MODEL`). Every metric that should have run but gave no number is recorded in `failures` with
+the reason (nan, parse, error), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import math
+import os
+import re
+import string
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    family: str
+    """reference | retrieval | faithfulness | llm-judge | answer"""
+    source: str
+    """Which implementation produced the number (shown in the report)."""
+    higher_is_better: bool = True
+
+
+METRICS: dict[str, MetricInfo] = {m.name: m for m in [
+    MetricInfo("token_f1", "reference", "SQuAD-style token F1 vs the reference answer"),
+    MetricInfo("rouge_l", "reference", "ragas RougeScore (rougeL F-measure)"),
+    MetricInfo("bertscore", "reference", "BERTScore-style greedy token match, local embedder"),
+    MetricInfo("semantic_similarity", "reference", "ragas SemanticSimilarity, local embedder"),
+    MetricInfo("string_similarity", "reference", "ragas NonLLMStringSimilarity (Levenshtein)"),
+    MetricInfo("contains_answer", "reference", "ragas StringPresence on normalized text"),
+    MetricInfo("context_precision", "retrieval", "ragas IDBasedContextPrecision (gold doc ids)"),
+    MetricInfo("context_recall", "retrieval", "ragas IDBasedContextRecall (gold doc ids) = recall@k"),
+    MetricInfo("mrr", "retrieval", "ragqa.evaluate.retrieval rank_metrics: 1/rank of the first gold passage"),
+    MetricInfo("nli_faithfulness", "faithfulness", "ragqa NLI judge (answer sentences entailed by passages)"),
+    MetricInfo("llm_faithfulness", "llm-judge", "ragas Faithfulness with the configured LLM judge"),
+    MetricInfo("llm_answer_relevancy", "llm-judge", "ragas AnswerRelevancy with the configured LLM judge"),
+    MetricInfo("llm_context_precision", "llm-judge", "ragas ContextPrecisionWithReference, LLM judge"),
+    MetricInfo("llm_context_recall", "llm-judge", "ragas ContextRecall with the configured LLM judge"),
+    MetricInfo("abstained", "answer", "share of questions the pipeline abstained on", higher_is_better=False),
+]}
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """Lower-case, drop punctuation, articles and citation markers, collapse spaces (SQuAD normalization)."""
+    text = re.sub(r"\[\d+\]", " ", text or "").lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD token-overlap F1 (hand-written: the official script is these ten lines, not a package)."""
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def local_embeddings(model):
+    """The local sentence-transformers embedder behind ragas' modern embedding interface, with a cache."""
+    from ragas.embeddings.base import BaseRagasEmbedding
+
+    class LocalEmbeddings(BaseRagasEmbedding):
+        def __init__(self):
+            super().__init__()
+            self._cache: dict[str, list[float]] = {}
+
+        def embed_text(self, text: str, **kwargs: Any) -> list[float]:
+            if text not in self._cache:
+                self._cache[text] = model.encode(text, normalize_embeddings=True).tolist()
+            return self._cache[text]
+
+        async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
+            return self.embed_text(text)
+
+    return LocalEmbeddings()
+
+
+def bertscore_f1(embedder, prediction: str, reference: str) -> float:
+    """BERTScore F1 (Zhang et al. 2020) with the local embedder's contextual token vectors.
+
+    Hand-written: the bert-score package downloads roberta-large from the hub; this is the same greedy
+    cosine matching (no idf weighting, no baseline rescaling) over the offline embedder.
+    """
+    if not prediction.strip() or not reference.strip():
+        return float(prediction.strip() == reference.strip())
+    import torch
+
+    pred, ref = embedder.encode([prediction, reference], output_value="token_embeddings")
+    pred, ref = pred[1:-1], ref[1:-1]  # drop [CLS] and [SEP]
+    if len(pred) == 0 or len(ref) == 0:
+        return 0.0
+    sim = torch.nn.functional.normalize(pred, dim=-1) @ torch.nn.functional.normalize(ref, dim=-1).T
+    precision, recall = sim.max(dim=1).values.mean().item(), sim.max(dim=0).values.mean().item()
+    return 0.0 if precision + recall <= 0 else 2 * precision * recall / (precision + recall)
+
+
+def _extract_json(text: str) -> str:
+    """The first balanced {...} block of a model's output (small models wrap JSON in prose)."""
+    start = text.find("{")
+    depth = 0
+    for i in range(max(start, 0), len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if start >= 0 and depth == 0:
+            return text[start:i + 1]
+    raise ValueError("no JSON object in the judge's output")
+
+
+def local_judge_llm(name: str, device: str = "auto", max_new_tokens: int = 512):
+    """A ragas InstructorBaseRagasLLM over a local transformers model (greedy, JSON parsed strictly)."""
+    from ragas.llms.base import InstructorBaseRagasLLM
+
+    from ragqa.models import load_generator
+
+    class LocalJudge(InstructorBaseRagasLLM):
+        def __init__(self):
+            self.model, self.tokenizer = load_generator(name, device=device)
+
+        def generate(self, prompt: str, response_model):
+            import torch
+
+            schema = json.dumps(response_model.model_json_schema())
+            messages = [{"role": "user", "content": f"{prompt}\n\nReply with one JSON object only, matching "
+                                                    f"this JSON schema:\n{schema}"}]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
+            with torch.inference_mode():
+                out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                          temperature=None, top_p=None, top_k=None,
+                                          pad_token_id=self.tokenizer.pad_token_id)
+            reply = self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            return response_model.model_validate_json(_extract_json(reply))
+
+        async def agenerate(self, prompt: str, response_model):
+            return self.generate(prompt, response_model)
+
+    return LocalJudge()
+
+
+def make_llm_judge(spec: str, base_url: str | None = None, device: str = "auto", max_new_tokens: int = 512):
+    """`local:NAME` (a registry name or folder) or `openai:MODEL` (+ base_url) -> a ragas LLM."""
+    from ragqa.errors import RagqaError
+
+    kind, _, model = spec.partition(":")
+    if kind == "local" and model:
+        return local_judge_llm(model, device=device, max_new_tokens=max_new_tokens)
+    if kind == "openai" and model:
+        from openai import AsyncOpenAI
+        from ragas.llms.base import llm_factory
+
+        client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"))
+        return llm_factory(model, provider="openai", client=client, temperature=0.0)
+    raise RagqaError(f"--judge {spec!r}: use local:NAME (e.g. local:smollm2-135m) or openai:MODEL "
+                     "with --judge-base-url URL")
+
+
+def nli_support_score(result: Any) -> float:
+    """The overall faithfulness of a ragqa.judge SupportResult (NaN when the answer holds no claim)."""
+    if not hasattr(result, "faithfulness"):
+        raise ValueError(f"judge result {type(result).__name__} has no faithfulness")
+    return math.nan if result.faithfulness is None else float(result.faithfulness)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    kind = type(exc).__name__
+    if isinstance(exc, ValidationError | json.JSONDecodeError) or "Instructor" in kind or "Retry" in kind:
+        return "parse"
+    if "JSON" in str(exc) or "parse" in str(exc).lower():
+        return "parse"
+    return f"error: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]}"
+
+
+class Scorer:
+    """Scores one answer record against its question row; all models loaded once."""
+
+    def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None):
+        """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
+            from ragas.metrics.collections import (
+                NonLLMStringSimilarity,
+                RougeScore,
+                SemanticSimilarity,
+                StringPresence,
+            )
+
+        self.embedder = embedder
+        self.nli_judge = nli_judge
+        embeddings = local_embeddings(embedder)
+        self._rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
+        self._presence = StringPresence()
+        self._similarity = SemanticSimilarity(embeddings=embeddings)
+        self._string = NonLLMStringSimilarity()
+        self._id_precision = IDBasedContextPrecision()
+        self._id_recall = IDBasedContextRecall()
+        self._llm_metrics: dict[str, Any] = {}
+        if llm is not None:
+            from ragas.metrics.collections import (
+                AnswerRelevancy,
+                ContextPrecisionWithReference,
+                ContextRecall,
+                Faithfulness,
+            )
+
+            makers = {
+                "llm_faithfulness": lambda: Faithfulness(llm=llm),
+                "llm_answer_relevancy": lambda: AnswerRelevancy(llm=llm, embeddings=embeddings),
+                "llm_context_precision": lambda: ContextPrecisionWithReference(llm=llm),
+                "llm_context_recall": lambda: ContextRecall(llm=llm),
+            }
+            unknown = sorted(set(llm_metrics or ()) - set(makers))
+            if unknown:
+                from ragqa.errors import RagqaError
+
+                raise RagqaError(f"eval.judge_metrics: unknown {', '.join(unknown)} (known: {', '.join(makers)})")
+            self._llm_metrics = {name: makers[name]() for name in (llm_metrics or makers)}
+
+    def score(self, row: dict, record: dict) -> tuple[dict[str, float | None], dict[str, str]]:
+        """(scores, failures) for one answer; metrics that do not apply (no passages, no gold) are absent."""
+        return asyncio.run(self._ascore(row, record))
+
+    async def _ascore(self, row: dict, record: dict):
+        answer, reference, question = record.get("answer") or "", row.get("answer") or "", row["question"]
+        passages = record.get("passages") or []
+        contexts = [p.get("text", "") for p in passages]
+        gold = [str(g) for g in row.get("gold_passage_ids") or []]
+        scores: dict[str, float | None] = {"abstained": float(bool(record.get("abstained")))}
+        failures: dict[str, str] = {}
+
+        async def run(name: str, fn) -> None:
+            try:
+                value = fn()
+                if inspect.isawaitable(value):
+                    value = await value
+                value = getattr(value, "value", value)
+                value = float(value)
+            except Exception as exc:  # noqa: BLE001 - recorded per metric and reported, never dropped
+                scores[name], failures[name] = None, _failure_reason(exc)
+                return
+            if math.isnan(value):
+                scores[name], failures[name] = None, "nan"
+            else:
+                scores[name] = value
+
+        norm_answer, norm_ref = normalize(answer), normalize(reference)
+        await run("token_f1", lambda: token_f1(answer, reference))
+        await run("rouge_l", lambda: self._rouge.ascore(reference=reference, response=answer))
+        await run("bertscore", lambda: bertscore_f1(self.embedder, answer, reference))
+        pair = dict(reference=reference, response=answer)
+        await run("semantic_similarity", lambda: self._similarity.ascore(**pair))
+        await run("string_similarity", lambda: self._string.ascore(**pair))
+        await run("contains_answer", lambda: (self._presence.ascore(reference=norm_ref, response=norm_answer)
+                                              if norm_ref else math.nan))
+        if passages and gold:
+            from ragas.dataset_schema import SingleTurnSample
+
+            from ragqa.evaluate.retrieval import rank_metrics
+
+            ids = [str(p.get("doc_id", "")) for p in passages]
+            sample = SingleTurnSample(retrieved_context_ids=ids, reference_context_ids=gold)
+            await run("context_precision", lambda: self._id_precision.single_turn_ascore(sample))
+            await run("context_recall", lambda: self._id_recall.single_turn_ascore(sample))
+            await run("mrr", lambda: rank_metrics(ids, gold, ks=())["mrr@10"])
+        if passages and not record.get("abstained"):
+            if self.nli_judge is not None:
+                await run("nli_faithfulness", lambda: self._nli(answer, passages))
+            for name, metric in self._llm_metrics.items():
+                kwargs = {
+                    "llm_faithfulness": dict(user_input=question, response=answer,
+                                             retrieved_contexts=contexts),
+                    "llm_answer_relevancy": dict(user_input=question, response=answer),
+                    "llm_context_precision": dict(user_input=question, reference=reference,
+                                                  retrieved_contexts=contexts),
+                    "llm_context_recall": dict(user_input=question, retrieved_contexts=contexts,
+                                               reference=reference),
+                }[name]
+                await run(name, lambda m=metric, kw=kwargs: m.ascore(**kw))
+        return scores, failures
+
+    def _nli(self, answer: str, passages: list[dict]) -> float:
+        return nli_support_score(self.nli_judge.support(answer, passages))

@@ -1,0 +1,350 @@
+"""Aggregate results.jsonl into the ablation report: summary.json, report.md, report.html, matrix.png.
+
+Every number comes from the per-question records, with seeded bootstrap CIs, so the same results and
+seed always give the same report. Each file is written to a temp name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from ragqa.evaluate.metrics import METRICS
+from ragqa.evaluate.stats import bootstrap_ci, paired_bootstrap_pvalue
+
+REFERENCE_CONFIG = "rag+lora"
+WORST_BY = "token_f1"
+
+
+def _metric_order(records: list[dict]) -> list[str]:
+    seen = {m for r in records for m in [*(r.get("scores") or {}), *(r.get("failures") or {})]}
+    return [m for m in METRICS if m in seen] + sorted(seen - set(METRICS))
+
+
+def summarize(records: list[dict], configs: list[str], *, seed: int = 0, n_resamples: int = 2000,
+              reference: str = REFERENCE_CONFIG) -> dict[str, Any]:
+    """Means with 95% CIs, failure counts, paired p-values vs `reference`, winners, latency, judge agreement."""
+    by_config: dict[str, list[dict]] = {c: [] for c in configs}
+    for rec in records:
+        if rec["config"] in by_config:
+            by_config[rec["config"]].append(rec)
+    metrics = _metric_order(records)
+    table: dict[str, dict[str, Any]] = {}
+    for metric in metrics:
+        row = {}
+        for config, recs in by_config.items():
+            values = [r["scores"][metric] for r in recs if (r.get("scores") or {}).get(metric) is not None]
+            failures = Counter((r.get("failures") or {}).get(metric) for r in recs)
+            failures.pop(None, None)
+            ci = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+            row[config] = {"mean": _num(ci.mean), "low": _num(ci.low), "high": _num(ci.high), "n": ci.n,
+                           "failures": {k.split(":")[0]: v for k, v in sorted(failures.items())}}
+        table[metric] = row
+    return {
+        "configs": configs,
+        "questions": len({r["qid"] for recs in by_config.values() for r in recs}),
+        "answers": {c: len(v) for c, v in by_config.items()},
+        "errors": {c: sum(1 for r in v if r.get("error")) for c, v in by_config.items()},
+        "metrics": table,
+        "winners": _winners(table),
+        "comparisons": _comparisons(by_config, metrics, reference, seed, n_resamples),
+        "latency": {c: _latency(v) for c, v in by_config.items()},
+        "agreement": _agreement(records, configs),
+        "seed": seed,
+        "n_resamples": n_resamples,
+    }
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def _winners(table: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    winners = {}
+    for metric, row in table.items():
+        scored = {c: v["mean"] for c, v in row.items() if v["mean"] is not None}
+        if len(scored) < 2:
+            continue
+        higher = METRICS[metric].higher_is_better if metric in METRICS else True
+        best = max(scored.values()) if higher else min(scored.values())
+        winners[metric] = [c for c, v in scored.items() if v == best]
+    return winners
+
+
+def _comparisons(by_config, metrics, reference, seed, n_resamples) -> dict[str, dict[str, Any]]:
+    if reference not in by_config:
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    ref = {r["qid"]: r.get("scores") or {} for r in by_config[reference]}
+    for metric in metrics:
+        for other, recs in by_config.items():
+            if other == reference:
+                continue
+            pairs = [(ref[r["qid"]].get(metric), (r.get("scores") or {}).get(metric)) for r in recs
+                     if r["qid"] in ref]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            if not pairs:
+                continue
+            diff, p = paired_bootstrap_pvalue([a for a, _ in pairs], [b for _, b in pairs],
+                                              n_resamples=n_resamples, seed=seed)
+            out.setdefault(metric, {})[other] = {"diff": _num(diff), "p": _num(p), "n": len(pairs)}
+    return out
+
+
+def _latency(recs: list[dict]) -> dict[str, float | None]:
+    def mean(key: str) -> float | None:
+        values = [r["timings"][key] for r in recs if isinstance((r.get("timings") or {}).get(key), int | float)]
+        return round(sum(values) / len(values), 4) if values else None
+
+    return {"total_s": mean("total_s"), "generate_s": mean("generate_s"), "retrieve_s": mean("retrieve_s"),
+            "tokens_per_s": mean("tokens_per_s")}
+
+
+def _agreement(records: list[dict], configs: list[str]) -> dict[str, Any]:
+    """Spearman correlation and sign agreement of NLI vs LLM-judge faithfulness where both ran."""
+    pairs = [(r["scores"].get("nli_faithfulness"), r["scores"].get("llm_faithfulness")) for r in records
+             if r["config"] in configs and r.get("scores")]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if len(pairs) < 3:
+        return {"n": len(pairs), "spearman": None, "same_side_of_0.5": None}
+    from scipy.stats import spearmanr
+
+    rho = spearmanr([a for a, _ in pairs], [b for _, b in pairs]).statistic
+    same = sum((a >= 0.5) == (b >= 0.5) for a, b in pairs) / len(pairs)
+    return {"n": len(pairs), "spearman": _num(rho), "same_side_of_0.5": _num(same)}
+
+
+def worst_answers(records: list[dict], config: str, n: int = 5, key: str = WORST_BY) -> list[dict]:
+    """The n answers of `config` with the lowest `key` score (errors first), ties broken by question id."""
+    recs = [r for r in records if r["config"] == config]
+    def rank(r: dict) -> tuple:
+        value = (r.get("scores") or {}).get(key)
+        return (-1.0 if value is None else value, str(r["qid"]))
+    return sorted(recs, key=rank)[:n]
+
+
+# ------------------------------------------------------------------------------------------ rendering
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def _cell(stats: dict[str, Any]) -> str:
+    if stats["mean"] is None:
+        return "n/a"
+    return f"{stats['mean']:.3f} [{stats['low']:.3f}, {stats['high']:.3f}]"
+
+
+def _failure_text(stats: dict[str, Any]) -> str:
+    if stats["n"] == 0 and not stats["failures"]:
+        return "n/a"
+    return ", ".join(f"{k} {v}" for k, v in stats["failures"].items()) or "0"
+
+
+def _p(p: float | None) -> str:
+    return "n/a" if p is None else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _sources(meta: dict[str, Any]) -> dict[str, str]:
+    sources = {m: info.source for m, info in METRICS.items()}
+    sources["nli_faithfulness"] += f" — {meta.get('nli_judge') or 'not run'}"
+    for m in ("llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"):
+        sources[m] += f" — judge: {meta.get('judge') or 'none configured'}"
+    return sources
+
+
+def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str, Any]) -> str:
+    """report.md: setup, matrix with CIs, winners, p-values, failures, latency, worst answers."""
+    configs, table = summary["configs"], summary["metrics"]
+    sources = _sources(meta)
+    lines = ["# ragqa ablation report", ""]
+    lines += [f"- {k}: {v}" for k, v in meta.items()]
+    lines += [f"- evaluated: {summary['questions']} questions; answers per configuration: "
+              + ", ".join(f"{c} {n}" for c, n in summary["answers"].items()),
+              f"- 95% percentile bootstrap CIs ({summary['n_resamples']} resamples, seed {summary['seed']})"
+              + (f"; p-values: paired bootstrap of {REFERENCE_CONFIG} vs each configuration"
+                 if summary["comparisons"] else ""), ""]
+    lines += ["## Matrix (mean [95% CI])", "", "| metric | " + " | ".join(configs) + " | winner |",
+              "|---|" + "---|" * (len(configs) + 1)]
+    for metric, row in table.items():
+        winner = ", ".join(summary["winners"].get(metric, [])) or "-"
+        lines.append(f"| {metric} | " + " | ".join(_cell(row[c]) for c in configs) + f" | {winner} |")
+    lines += ["", "Metric sources:", ""] + [f"- `{m}`: {sources.get(m, m)}" for m in table] + [""]
+    if summary["comparisons"]:
+        others = [c for c in configs if c != REFERENCE_CONFIG]
+        lines += [f"## {REFERENCE_CONFIG} vs the others (mean difference, paired bootstrap p)", "",
+                  "| metric | " + " | ".join(f"vs {c}" for c in others) + " |", "|---|" + "---|" * len(others)]
+        for metric, comp in summary["comparisons"].items():
+            cells = [f"{comp[c]['diff']:+.3f} (p={_p(comp[c]['p'])}, n={comp[c]['n']})" if c in comp else "n/a"
+                     for c in others]
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Failures (metric runs that gave no number: nan / parse / error)", "",
+              "| metric | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
+    for metric, row in table.items():
+        lines.append(f"| {metric} | " + " | ".join(_failure_text(row[c]) for c in configs) + " |")
+    lines += ["", "Answers the pipeline refused (errors): "
+              + ", ".join(f"{c} {n}" for c, n in summary["errors"].items()), ""]
+    agreement = summary["agreement"]
+    lines += ["## NLI vs LLM-judge faithfulness", ""]
+    if agreement["spearman"] is None:
+        lines += [f"Not computed: both judges scored {agreement['n']} answers (need 3).", ""]
+    else:
+        lines += [f"Spearman {agreement['spearman']:.3f}; same side of 0.5 in {agreement['same_side_of_0.5']:.1%} "
+                  f"of {agreement['n']} answers.", ""]
+    lines += ["## Latency (mean seconds per answer)", "", "| configuration | total | retrieve | generate | tokens/s |",
+              "|---|---|---|---|---|"]
+    for c, lat in summary["latency"].items():
+        lines.append(f"| {c} | {_fmt(lat['total_s'])} | {_fmt(lat['retrieve_s'])} | {_fmt(lat['generate_s'])} "
+                     f"| {_fmt(lat['tokens_per_s'], 1)} |")
+    lines += ["", f"## Worst 5 answers per configuration (lowest {WORST_BY})", ""]
+    for config in configs:
+        lines += [f"### {config}", ""]
+        for r in worst_answers(records, config):
+            score = (r.get("scores") or {}).get(WORST_BY)
+            lines += [f"- **{r['qid']}** ({WORST_BY} {_fmt(score)}): {_one_line(r['question'])}",
+                      f"  - reference: {_one_line(r['reference'], 300)}",
+                      f"  - answer: {_one_line(r.get('error') or r['answer'], 300) or '(empty)'}"]
+            for i, p in enumerate(r.get("passages") or [], 1):
+                lines.append(f"  - [{i}] `{p.get('doc_id')}` {_one_line(p.get('title', ''))}: "
+                             f"{_one_line(p.get('text', ''), 200)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text or "").split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_png(summary: dict[str, Any]) -> bytes:
+    """matrix.png: heatmap of metric means (rows) by configuration (columns), annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    configs, table = summary["configs"], summary["metrics"]
+    metrics = [m for m in table if any(table[m][c]["mean"] is not None for c in configs)] or list(table)
+    grid = np.array([[np.nan if table[m][c]["mean"] is None else table[m][c]["mean"] for c in configs]
+                     for m in metrics], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(configs), 1.0 + 0.45 * len(metrics)), dpi=100)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(configs)), configs)
+    ax.set_yticks(range(len(metrics)), metrics)
+    for i in range(len(metrics)):
+        for j in range(len(configs)):
+            text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.2f}"
+            dark = not np.isnan(grid[i, j]) and grid[i, j] < 0.6
+            ax.text(j, i, text, ha="center", va="center", color="white" if dark else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.04)
+    ax.set_title("ragqa ablation: mean per question")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_html(markdown_text: str, png: bytes) -> str:
+    """report.html: self-contained (inline CSS, PNG as a data URI) rendering of report.md."""
+    body: list[str] = []
+    table: list[list[str]] = []
+    in_list = False
+
+    def flush_table() -> None:
+        if table:
+            head, *rows = [r for r in table if not set("".join(r)) <= set("-: ")]
+            body.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr></thead><tbody>"
+                        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+                        + "</tbody></table>")
+            table.clear()
+
+    for raw in markdown_text.splitlines():
+        line = _inline(html.escape(raw))
+        if raw.startswith("|"):
+            table.append([c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")])
+            continue
+        flush_table()
+        if in_list and not raw.lstrip().startswith("- "):
+            body.append("</ul>")
+            in_list = False
+        if raw.startswith("#"):
+            level = len(raw) - len(raw.lstrip("#"))
+            body.append(f"<h{level}>{line[level:].strip()}</h{level}>")
+            if raw.startswith("## Matrix"):
+                body.append(f'<img alt="matrix" src="data:image/png;base64,{base64.b64encode(png).decode()}">')
+        elif raw.lstrip().startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            indent = " class='sub'" if raw.startswith("  ") else ""
+            body.append(f"<li{indent}>{line.lstrip()[2:]}</li>")
+        elif raw.strip():
+            body.append(f"<p>{line}</p>")
+    flush_table()
+    if in_list:
+        body.append("</ul>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+             "font-size:13px}th{background:#eee}li.sub{margin-left:2em;list-style:circle}img{max-width:100%}"
+             "code{background:#f4f4f4}")
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>ragqa ablation report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    """`code` and **bold** of the markdown we generate (escaped text in, HTML out)."""
+    import re
+
+    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text.replace("\\|", "|"))
+    return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 text to a temp file beside `path`, then rename it into place."""
+    _write_atomic(path, text.encode("utf-8"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_report(out_dir: str | Path, records: list[dict], configs: list[str], meta: dict[str, Any], *,
+                 seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
+    """Write summary.json, report.md, matrix.png and report.html into out_dir; returns the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records, configs, seed=seed, n_resamples=n_resamples)
+    markdown = render_markdown(summary, records, meta)
+    png = render_png(summary)
+    _write_atomic(out / "summary.json", json.dumps({"meta": meta, **summary}, indent=2, sort_keys=True).encode())
+    _write_atomic(out / "report.md", markdown.encode())
+    _write_atomic(out / "matrix.png", png)
+    _write_atomic(out / "report.html", render_html(markdown, png).encode())
+    return summary
+
+
+def group_records(records: list[dict], qids: set[str], configs: list[str]) -> list[dict]:
+    """The records of this run's questions and configurations, in a stable order."""
+    order = {c: i for i, c in enumerate(configs)}
+    picked = [r for r in records if r["qid"] in qids and r["config"] in order]
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for r in picked:
+        grouped[r["config"]].append(r)
+    return [r for c in configs for r in sorted(grouped[c], key=lambda r: str(r["qid"]))]

@@ -1,0 +1,102 @@
+"""`ragqa eval` end to end on a tmp starter index with the real models, and a SIGKILL mid-eval."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, STARTER, run_cli
+from ragqa.evaluate.ablation import ResultsLog
+
+pytestmark = pytest.mark.slow
+
+# Short answers keep the real generator fast; the NLI judge is exercised in test_eval_metrics.
+FAST = ["--set", "ask.max_new_tokens=12", "--nli-judge", "none", "--bootstrap", "300", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, embedder):
+    from ragqa.config import load_config
+    from ragqa.index import ingest
+
+    path = tmp_path_factory.mktemp("eval") / "starter-index"
+    ingest(load_config(None, [f"index.name={path}", f"index.corpus=[{STARTER / 'passages.jsonl'}]"]), embedder)
+    return path
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_eval_end_to_end_and_rerun_is_identical(index, tmp_path):
+    out = tmp_path / "report"
+    args = ["eval", "--index", str(index), "--limit", "2", "--configs", "base,rag", "--output", str(out), *FAST]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "2 questions x 2 configurations" in first.stdout
+    records = _lines(out / "results.jsonl")
+    assert sorted((r["qid"], r["config"]) for r in records) == [
+        ("starter-qa:1", "base"), ("starter-qa:1", "rag"), ("starter-qa:2", "base"), ("starter-qa:2", "rag")]
+    for r in records:
+        assert r["answer"] and r["timings"]["total_s"] > 0 and r["scores"]["token_f1"] is not None
+        assert (r["passages"] == []) == (r["config"] == "base")
+    rag = [r for r in records if r["config"] == "rag"]
+    assert all(r["scores"]["context_recall"] == 1.0 for r in rag)  # starter gold passages are retrieved
+    md = (out / "report.md").read_text()
+    assert "| token_f1 |" in md and "| base | rag | winner |" in md
+    assert "nli_judge: disabled" in md
+    assert (out / "matrix.png").stat().st_size > 5000 and (out / "report.html").stat().st_size > 5000
+    summary = json.loads((out / "summary.json").read_text())
+
+    again = run_cli(*args)  # everything done: resumes to nothing, same seed gives the same numbers
+    assert again.returncode == 0, again.stderr
+    assert _lines(out / "results.jsonl") == records
+    assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
+
+
+def test_eval_without_adapter_refuses_lora_rows(index, tmp_path):
+    res = run_cli("eval", "--index", str(index), "--limit", "1", "--output", str(tmp_path / "o"), *FAST)
+    assert res.returncode == 2 and "lora, rag+lora need an adapter" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_sigkill_mid_eval_keeps_results_and_resume_completes(index, tmp_path, seed):
+    out = tmp_path / "killed"
+    results = out / "results.jsonl"
+    args = [sys.executable, "-m", "ragqa", "eval", "--index", str(index), "--limit", "2", "--configs",
+            "base,rag", "--output", str(out), *FAST]
+    target = random.Random(seed).randint(1, 3)  # kill after a seeded number of finished answers
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= target:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = ResultsLog(results).records  # whole records kept; a line cut by the kill is dropped
+    assert target - 1 <= len(kept) < 4
+    assert not (out / "report.md").exists()  # the report is only written once the matrix is complete
+    done = run_cli(*args[3:])
+    assert done.returncode == 0, done.stderr
+    keys = [(r["qid"], r["config"]) for r in _lines(results)]
+    assert len(keys) == len(set(keys)) == 4
+    assert json.loads((out / "summary.json").read_text())["answers"] == {"base": 2, "rag": 2}
+
+
+def test_retrieval_only(index, tmp_path):
+    out = tmp_path / "retrieval"
+    res = run_cli("eval", "--retrieval-only", "--index", str(index), "--limit", "5", "--output", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    results = json.loads((out / "retrieval.json").read_text())
+    assert set(results) == {"dense", "bm25", "hybrid"}
+    for metrics in results.values():
+        assert metrics["n"] == 5 and 0.4 <= metrics["recall@1"] <= metrics["recall@3"] <= metrics["recall@10"]
+    assert "| hybrid |" in (out / "retrieval.md").read_text()
