@@ -1,0 +1,66 @@
+"""The offline faithfulness judge: does a passage support a claim?
+
+Public API (used by eval):
+    load_judge(name_or_path=None, ...) -> judge with `.name` and `.support(answer, passages)`
+    default_judge(...)                 -> the trained default judge, or RagqaError saying how to train it
+    judge.support(answer, passages)    -> SupportResult(judge, faithfulness, claims=[ClaimScore ...])
+
+`passages` are strings, ragqa Passages or dicts with 'text'. Heavy libraries load on first use only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ragqa.errors import RagqaError
+from ragqa.judge.registry import DEFAULT, TRAIN_COMMAND, find_judge, judge_roots
+
+
+def default_judge(device: str = "cpu", window_overlap: int = 1):
+    """The trained judge named 'default' (judges/default or <cache>/judges/default)."""
+    path = find_judge(DEFAULT)
+    if path is None:
+        looked = " and ".join(str(root / DEFAULT) for root in judge_roots())
+        raise RagqaError(f"no trained faithfulness judge (looked in {looked}); train it with `{TRAIN_COMMAND}`")
+    return load_judge(str(path), device=device, window_overlap=window_overlap)
+
+
+def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_overlap: int = 1,
+               llm_url: str | None = None, llm_model: str | None = None):
+    """A judge by trained name, folder, hub NLI cross-encoder id, or 'llm' (OpenAI-compatible endpoint).
+
+    None means the default trained judge. The judge's `.name` says which judge scored.
+    """
+    if name_or_path is None or name_or_path == DEFAULT and find_judge(DEFAULT) is None:
+        return default_judge(device, window_overlap)
+    if name_or_path == "llm":
+        from ragqa.judge.llm import LLMJudge
+
+        return LLMJudge(llm_url or "", llm_model or "")
+    from ragqa.judge.support import CrossEncoderJudge
+
+    trained = find_judge(name_or_path)
+    if trained is not None:
+        return CrossEncoderJudge(str(trained), name_or_path, device, window_overlap=window_overlap)
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return CrossEncoderJudge(str(path), path.name, device, window_overlap=window_overlap)
+    if path.exists():
+        raise RagqaError(f"judge {path} is a file; give a judge folder (with safetensors weights)")
+    parts = name_or_path.split("/")
+    if len(parts) == 2 and all(parts):
+        return CrossEncoderJudge(name_or_path, name_or_path, device, window_overlap=window_overlap)
+    raise RagqaError(f"unknown judge '{name_or_path}': a trained judge name (`ragqa models`), a folder, "
+                     f"a hub NLI cross-encoder id owner/name, or 'llm'; train one with `{TRAIN_COMMAND}`")
+
+
+def judge_from_config(cfg):
+    """The judge a ragqa Config names (judge.name, judge.llm_url, judge.llm_model, judge.window_overlap)."""
+    from ragqa.models import resolve_device
+
+    j = cfg.judge
+    return load_judge(j.name, device=resolve_device(cfg.model.device), window_overlap=j.window_overlap,
+                      llm_url=j.llm_url, llm_model=j.llm_model)
+
+
+__all__ = ["default_judge", "judge_from_config", "load_judge"]
