@@ -67,22 +67,133 @@ def _not_implemented(name: str) -> None:
     raise RagqaError(f"`ragqa {name}` is not implemented yet in this version")
 
 
-@cli.command("train", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def train_cmd() -> None:
-    """Fine-tune a LoRA/QLoRA adapter on Q&A pairs with retrieved context (RAFT-style)."""
-    _not_implemented("train")
+@cli.command("train")
+@_config_options
+@click.option("--data", multiple=True, help="Q&A file(s) (.jsonl/.json/.csv/.parquet with question, answer).")
+@click.option("--output", help="Adapter directory to write (default: train.output).")
+@click.option("--method", type=click.Choice(["qlora", "lora", "none"]), help="qlora, lora, or none (base only).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint of --output.")
+@click.option("--no-cache", is_flag=True, help="Rebuild the tokenized training data instead of reusing the cache.")
+@click.option("--search", "search_trials", type=click.IntRange(min=1), metavar="N",
+              help="Optuna search: N short trials over lr, r, alpha, dropout, p; writes OUTPUT.best.yaml.")
+def train_cmd(config_path, overrides, data, output, method, resume, no_cache, search_trials) -> None:
+    """Fine-tune a LoRA/QLoRA adapter on Q&A pairs with retrieved context (RAFT-style).
+
+    \b
+    Multi-GPU (data parallel): accelerate launch -m ragqa train --config RECIPE
+    """
+    cfg = _build_config(config_path, overrides, {
+        "train.data": list(data) if data else None, "train.output": output, "train.method": method,
+    })
+    if search_trials:
+        if resume:
+            raise RagqaError("--search and --resume cannot be combined")
+        from ragqa.train.search import run_search
+
+        best, path = run_search(cfg, search_trials, use_cache=not no_cache)
+        click.echo(f"best of {best.pop('trials')} trials: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
+                                                                       else f"{k}={v}" for k, v in best.items()))
+        click.echo(f"best recipe written to {path}")
+        return
+    from ragqa.train.trainer import train
+
+    result = train(cfg, resume=resume, use_cache=not no_cache)
+    if result.output is not None:
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        click.echo(f"{cfg.train.method} run written to {result.output}: {result.steps} steps in {result.wall_s:.0f} s, "
+                   f"val loss {fmt(result.val_loss)} (base {fmt(result.base_val_loss)})")
 
 
-@cli.command("ask", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def ask_cmd() -> None:
-    """Answer a question (or open an interactive session) with citations."""
-    _not_implemented("ask")
+@cli.command("export")
+@click.argument("adapter", type=click.Path(file_okay=False))
+@click.option("--merge", is_flag=True, required=True, help="Fold the LoRA weights into the base (required).")
+@click.option("--output", required=True, type=click.Path(), help="Directory for the merged safetensors model.")
+@click.option("--base", help="Base model (default: the one in the adapter's ragqa_card.json).")
+def export_cmd(adapter, merge, output, base) -> None:
+    """Export an adapter merged into its base model as a standalone safetensors folder."""
+    from ragqa.train.export import export_merged
+
+    path = export_merged(adapter, output, base=base)
+    click.echo(f"merged model written to {path}")
 
 
-@cli.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def eval_cmd() -> None:
-    """Run the ablation matrix base / lora / rag / rag+lora and write a report."""
-    _not_implemented("eval")
+@cli.command("ask")
+@click.argument("question", required=False)
+@_config_options
+@click.option("--index", "index_name", help="Index name (indexes/NAME) or directory.")
+@click.option("--adapter", help="LoRA adapter directory, or 'none'.")
+@click.option("--base-model", help="Generator: registry name, local folder or hub id.")
+@click.option("--k", type=int, help="Passages to retrieve.")
+@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid", "none"]),
+              help="Retrieval mode; none answers from the model alone.")
+@click.option("--max-new-tokens", type=int, help="Longest answer, in tokens.")
+@click.option("--temperature", type=float, help="0 (default) decodes greedily.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer (no streaming).")
+@click.option("--no-disclaimer", is_flag=True, help="Leave out the medical disclaimer line.")
+def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k, retrieval, max_new_tokens,
+            temperature, as_json, no_disclaimer) -> None:
+    """Answer QUESTION with citations; without QUESTION, open an interactive session.
+
+    \b
+    Interactive commands: :k N, :mode dense|bm25|hybrid|none, :sources, :help, :quit
+    Questions can also be piped in, one per line (with --json: one JSON object per line out).
+    """
+    cfg = _build_config(config_path, overrides, {
+        "index.name": index_name, "model.base": base_model, "retrieval.k": k, "retrieval.mode": retrieval,
+        "ask.max_new_tokens": max_new_tokens, "ask.temperature": temperature,
+        "ask.disclaimer": False if no_disclaimer else None,
+    })
+    from ragqa import ask
+
+    ask.run(cfg, question, adapter=adapter, as_json=as_json)
+
+
+@cli.command("eval")
+@_config_options
+@click.option("--questions", type=click.Path(dir_okay=False),
+              help="Q&A file (JSONL id/question/answer[/gold_passage_ids]); default: the starter Q&A held-out "
+                   "split of --adapter (all starter Q&A without one).")
+@click.option("--index", "index_name", help="Index name (indexes/NAME) or directory.")
+@click.option("--adapter", help="LoRA adapter directory (needed by the lora configurations).")
+@click.option("--configs", default="base,lora,rag,rag+lora", show_default=True,
+              help="Comma-separated rows: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid (+lora).")
+@click.option("--limit", type=int, help="Evaluate only the first N questions.")
+@click.option("--output", default="eval/reports/default", show_default=True, type=click.Path(file_okay=False),
+              help="Report folder (results.jsonl, report.md, report.html, matrix.png, summary.json).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the bootstrap resampling (answers are greedy).")
+@click.option("--judge", help="LLM judge for ragas' LLM metrics: local:NAME or openai:MODEL (default: none).")
+@click.option("--judge-base-url", help="Base URL of an OpenAI-compatible server (vLLM, Ollama) for --judge openai:.")
+@click.option("--nli-judge", help="NLI faithfulness judge name or path; 'none' to skip (default: the trained one).")
+@click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
+                                                      "instead of refusing.")
+@click.option("--fresh", is_flag=True, help="Discard earlier results in --output instead of resuming.")
+@click.option("--bootstrap", "n_resamples", type=int, help="Bootstrap resamples for CIs and p-values (2000).")
+@click.option("--retrieval-only", is_flag=True, help="Only score retrieval (recall@k, MRR) on the questions' "
+                                                     "gold passages; no generation.")
+@click.option("--k", type=int, help="Passages to retrieve.")
+@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, output, seed, judge,
+             judge_base_url, nli_judge, exclude_trained, fresh, n_resamples, retrieval_only, k, retrieval,
+             quiet) -> None:
+    """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
+    cfg = _build_config(config_path, overrides, {
+        "index.name": index_name, "retrieval.k": k, "retrieval.mode": retrieval, "eval.bootstrap": n_resamples,
+    })
+    if retrieval_only:
+        from ragqa.evaluate.ablation import retrieval_only_eval
+
+        retrieval_only_eval(cfg, questions=questions, output=output, limit=limit, progress=not quiet)
+        return
+    from ragqa.evaluate.ablation import evaluate
+
+    summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, output=output,
+                       seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
+                       exclude_trained=exclude_trained, fresh=fresh, progress=not quiet)
+    click.echo(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
+               f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "
+               f"(also report.html, matrix.png, results.jsonl)")
 
 
 @cli.command("ingest")
@@ -113,6 +224,58 @@ def ingest_cmd(config_path, overrides, corpus, index_name, embedder, chunk_size,
         index.print_stats(cfg.index.name)
     else:
         index.ingest(cfg)
+
+
+@cli.group("judge")
+def judge_group() -> None:
+    """Train and use the offline faithfulness judge (an NLI cross-encoder)."""
+
+
+@judge_group.command("train")
+@_config_options
+@click.option("--nli", help="NLI pairs JSONL {premise, hypothesis, label} "
+                            "(default ../shared/data/nli/snli-train.jsonl); 'none' for in-domain pairs only.")
+@click.option("--corpus", multiple=True,
+              help="Passages JSONL for in-domain pairs (repeatable; default the starter corpus).")
+@click.option("--output", help="Judge folder (default judges/default).")
+@click.option("--base", help="Starting model: registry name (minilm), local folder or hub id.")
+@click.option("--max-nli", type=int, help="At most this many NLI training pairs.")
+@click.option("--max-domain", type=int, help="At most this many in-domain training pairs.")
+@click.option("--epochs", type=float, help="Training epochs.")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--batch-size", type=int, help="Pairs per batch.")
+@click.option("--max-length", type=int, help="Tokens per premise + hypothesis.")
+@click.option("--seed", type=int, help="Random seed.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N.")
+def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, max_domain, epochs, lr, batch_size,
+                    max_length, seed, device) -> None:
+    """Fine-tune a 3-way NLI judge on NLI pairs plus in-domain pairs made from the corpus."""
+    cfg = _build_config(config_path, overrides, {
+        "judge.nli": "null" if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
+        "judge.output": output, "judge.base": base, "judge.max_nli": max_nli, "judge.max_domain": max_domain,
+        "judge.epochs": epochs, "judge.lr": lr, "judge.batch_size": batch_size, "judge.max_length": max_length,
+        "judge.seed": seed, "model.device": device,
+    })
+    from ragqa.judge.train import train_judge
+
+    train_judge(cfg)
+
+
+@judge_group.command("score")
+@_config_options
+@click.option("--premise", "premises", multiple=True, required=True,
+              help="Passage text (repeatable: each is one passage).")
+@click.option("--hypothesis", required=True, help="Claim or answer; each sentence is scored as one claim.")
+@click.option("--judge", "judge_name", help="Trained judge name, folder, hub NLI id, or 'llm' (default: default).")
+def judge_score_cmd(config_path, overrides, premises, hypothesis, judge_name) -> None:
+    """Print, as JSON, how well the premises support each sentence of the hypothesis."""
+    import json
+
+    cfg = _build_config(config_path, overrides, {"judge.name": judge_name})
+    from ragqa.judge import judge_from_config
+
+    result = judge_from_config(cfg).support(hypothesis, list(premises))
+    click.echo(json.dumps(result.to_dict(), indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

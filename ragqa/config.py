@@ -41,6 +41,17 @@ class IndexConfig(_Section):
     chunk_overlap: int = Field(32, ge=0)
     index_type: Literal["flat", "hnsw", "ivf"] = "flat"
     embed_batch_size: int = Field(64, gt=0)
+    max_doc_chars: int = Field(1_000_000, gt=0)
+    """Records with longer text are skipped with a warning (a 50 MB line is a broken export, not a passage)."""
+    hnsw_m: int = Field(32, gt=1)
+    """HNSW graph degree (index_type=hnsw)."""
+    hnsw_ef_construction: int = Field(80, gt=0)
+    hnsw_ef_search: int = Field(64, gt=0)
+    """HNSW candidates per search: higher = better recall, slower (stored in the manifest)."""
+    ivf_nlist: int = Field(1024, gt=0)
+    """IVF lists (index_type=ivf); capped at chunks/39 for small corpora."""
+    ivf_nprobe: int = Field(16, gt=0)
+    """IVF lists visited per search."""
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IndexConfig:
@@ -58,8 +69,13 @@ class RetrievalConfig(_Section):
     """None, or a cross-encoder model (registry name, path or hub id)."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
-    abstain_below: float = 0.25
-    """Abstain when the best dense cosine similarity is below this (calibrated by benchmarks/retrieval.py)."""
+    abstain_below: float = 0.30
+    """Abstain when the best dense cosine similarity is below this. benchmarks/retrieval.py (minilm): off-topic
+    questions score <= 0.27, in-domain ones >= 0.39 on the starter corpus for 95% of them, >= 0.57 on MedQuAD."""
+    fusion_candidates: int = Field(50, gt=0)
+    """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
+    rerank_candidates: int = Field(20, gt=0)
+    """Cross-encoder reranking: how many first-stage results are rescored."""
 
 
 class LoraConfig(_Section):
@@ -95,6 +111,14 @@ class TrainConfig(_Section):
     save_every: int = Field(25, gt=0)
     seed: int = 0
     output: str = "adapters/default"
+    max_val_examples: int | None = Field(64, gt=0)
+    """Validation loss uses at most this many held-out examples (all held-out ids stay out of training)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together, so little compute goes to padding."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory (worth it for long sequences on GPU; slower on CPU)."""
+    keep_checkpoints: int = Field(2, gt=0)
+    """How many of the latest checkpoints to keep while training (all are removed after success)."""
 
 
 class AskConfig(_Section):
@@ -102,7 +126,56 @@ class AskConfig(_Section):
     temperature: float = Field(0.0, ge=0.0)
     """0 = greedy decoding."""
     disclaimer: bool = True
+    context_tokens: int = Field(768, gt=16)
+    """Token budget for the retrieved passages in the prompt (shared equally among them)."""
     threads: int | None = Field(None, gt=0)
+
+
+class JudgeConfig(_Section):
+    """The offline faithfulness judge (`ragqa judge train|score`, used by eval)."""
+
+    name: str = "default"
+    """Judge that scores: a trained judge name (judges/NAME or the cache), a folder, a hub NLI cross-encoder
+    id, or 'llm' (an OpenAI-compatible endpoint, see llm_url)."""
+    base: str = "minilm"
+    """Starting weights for `ragqa judge train`: registry name, local folder or hub id."""
+    nli: str | None = "../shared/data/nli/snli-train.jsonl"
+    """JSONL of {premise, hypothesis, label} general NLI pairs; null trains on in-domain pairs only."""
+    corpus: list[str] = Field(default_factory=lambda: ["corpora/starter/passages.jsonl"])
+    """JSONL passages ({text, condition|title}) the in-domain pairs are made from."""
+    output: str = "judges/default"
+    max_nli: int | None = Field(None, gt=0)
+    """Use at most this many NLI training pairs (None: all but the dev slice)."""
+    max_domain: int | None = Field(None, gt=0)
+    """Use at most this many in-domain training pairs (None: all)."""
+    holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
+    """Conditions held out of training (stable hash split), for the benchmark."""
+    epochs: float = Field(1.0, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(160, gt=16, le=512)
+    """Tokens per premise + hypothesis pair; longer passages are scored in windows."""
+    window_words: int = Field(60, ge=10)
+    """Training premises: passage windows of up to this many words around the hypothesis sentence."""
+    window_overlap: int = Field(1, ge=0)
+    """Sentences shared by neighbouring passage windows."""
+    seed: int = 0
+    llm_url: str | None = None
+    """OpenAI-compatible base URL (e.g. http://localhost:8000/v1) for name=llm."""
+    llm_model: str | None = None
+    """Model name sent to the LLM endpoint."""
+
+
+class EvalSettings(_Section):
+    """`ragqa eval` (the ablation matrix)."""
+
+    judge_max_new_tokens: int = Field(512, gt=0)
+    """Longest reply of a local LLM judge (`--judge local:NAME`) per ragas prompt."""
+    judge_metrics: list[str] = Field(default_factory=lambda: [
+        "llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"])
+    """LLM-judged ragas metrics to run when --judge is given (fewer = faster with a slow local judge)."""
+    bootstrap: int = Field(2000, ge=100)
+    """Bootstrap resamples for the 95% CIs and the paired p-values."""
 
 
 class Config(_Section):
@@ -112,6 +185,8 @@ class Config(_Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ask: AskConfig = Field(default_factory=AskConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -181,7 +256,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         p = Path(path)
         source = str(p)
         if not p.is_file():
-            raise RagqaError(f"config file {p} not found (recipes live in configs/, e.g. configs/smollm2-135m_lora_cpu.yaml)")
+            raise RagqaError(
+                f"config file {p} not found (recipes live in configs/, e.g. configs/smollm2-135m_lora_cpu.yaml)"
+            )
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -191,7 +268,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise RagqaError(f"{p}: top level must be a mapping of sections (model, index, retrieval, lora, train, ask)")
+            raise RagqaError(f"{p}: top level must be a mapping of sections (model, index, train, ...)")
         data = loaded
     for item in overrides:
         keys, value = parse_override(item)

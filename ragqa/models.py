@@ -133,7 +133,8 @@ def resolve(name: str, kind: Kind | None = None) -> ResolvedModel:
         return ResolvedModel(name, name, "hub")
     known = ", ".join(sorted(n for n, s in REGISTRY.items() if kind is None or s.kind == kind))
     raise RagqaError(
-        f"unknown model '{name}': use a registered name ({known}; see `ragqa models`), a local folder, or a hub id owner/name"
+        f"unknown model '{name}': use a registered name ({known}; see `ragqa models`), "
+        "a local folder, or a hub id owner/name"
     )
 
 
@@ -203,6 +204,13 @@ def generator_dir(name: str) -> str:
     return resolved.location
 
 
+def _quiet_weight_loading() -> None:
+    """Per-tensor "Loading weights" bars are noise for a sub-second load."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
@@ -227,11 +235,9 @@ def load_generator(
     quantization="nf4" loads the base weights 4-bit NF4 with double quantization through
     bitsandbytes (QLoRA); the compute dtype follows `dtype`.
     """
-    import torch
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # per-tensor "Loading weights" bars are noise for a 0.5 s load
+    _quiet_weight_loading()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     location = generator_dir(name)
@@ -271,6 +277,7 @@ def load_embedder(name: str = "minilm", device: str = "auto"):
     """A sentence-transformers model (registry name, folder or hub id)."""
     from sentence_transformers import SentenceTransformer
 
+    _quiet_weight_loading()
     resolved = resolve(name, "embedder")
     try:
         return SentenceTransformer(
@@ -309,6 +316,7 @@ def describe_registry() -> None:
 
     for name, path, card in trained_judges():
         acc = card.get("metrics", {}).get("nli_dev", {}).get("accuracy")
-        note = f"trained NLI faithfulness judge from {card.get('base', '?')}" + (f", NLI dev acc {acc:.3f}" if acc else "")
+        note = f"trained NLI faithfulness judge from {card.get('base', '?')}"
+        note += f", NLI dev acc {acc:.3f}" if acc else ""
         table.add_row(name, "judge", str(path), "-", note)
     Console().print(table)

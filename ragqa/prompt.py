@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ragqa.passage import Passage
 
-TEMPLATE_VERSION = "ragqa-chat-v1"
+TEMPLATE_VERSION = "ragqa-chat-v2"
 
 SYSTEM_RAG = (
     "You are ragqa, a careful dermatology assistant. Answer the question using only the numbered "
@@ -109,8 +109,17 @@ def encode_example(
         context_tokens = sum(len(tokenizer(p.text, add_special_tokens=False)["input_ids"]) for p in passages)
         passages = fit_passages(tokenizer, passages, max(16 * len(passages), context_tokens - overflow - 8))
         prompt_ids = tokenizer(render_prompt(tokenizer, question, passages), add_special_tokens=False)["input_ids"]
-    prompt_ids = prompt_ids[-(max_len - len(answer_ids)):] if len(prompt_ids) + len(answer_ids) > max_len else prompt_ids
+    if len(prompt_ids) + len(answer_ids) > max_len:
+        prompt_ids = prompt_ids[-(max_len - len(answer_ids)):]
     return EncodedExample(prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids)
+
+
+def cite(answer: str, n: int) -> str:
+    """The answer with a [n] marker before its final full stop (training targets that cite their source)."""
+    answer = answer.strip()
+    if answer.endswith("."):
+        return f"{answer[:-1]} [{n}]."
+    return f"{answer} [{n}]"
 
 
 @dataclass

@@ -67,3 +67,11 @@ def test_long_context_is_trimmed_not_the_answer(generator):
     kept = [t for t, label in zip(ex.input_ids, ex.labels, strict=True) if label != -100]
     assert tok.decode(kept, skip_special_tokens=True).strip() == "The answer stays."
     assert "<passages>" in tok.decode(ex.input_ids)  # trimmed passages, not a truncated template
+
+
+def test_cite_puts_the_marker_before_the_full_stop():
+    from ragqa.prompt import cite
+
+    assert cite("Use permethrin cream.", 2) == "Use permethrin cream [2]."
+    assert cite("Use permethrin cream", 1) == "Use permethrin cream [1]"
+    assert clean_citations(cite("Use permethrin cream.", 2), 3).cited == [2]

@@ -1,0 +1,1 @@
+"""Fine-tuning: RAFT-style training data, the training loop, hyper-parameter search, adapter export."""

@@ -1,0 +1,351 @@
+"""Training data: Q&A rows -> deterministic split -> RAFT-style context -> tokens -> length-grouped batches.
+
+RAFT (Zhang et al. 2024): each question is shown k retrieved passages. With probability p the gold
+passage is among them at a random position; otherwise all k are distractors, i.e. the question's own
+retrieved neighbours from other documents. The model thus learns to answer from the right passage and
+to cope when retrieval misses it. Tokenization goes through `ragqa.prompt.encode_example`, the same
+template `ragqa ask` renders, and the result is cached on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragqa.errors import RagqaError
+from ragqa.passage import Passage
+
+
+@dataclass
+class QARow:
+    id: str
+    question: str
+    answer: str
+    gold_ids: list[str] = field(default_factory=list)
+    """Document ids of the passages the answer comes from (may be empty)."""
+
+
+@dataclass
+class Example:
+    id: str
+    input_ids: list[int]
+    labels: list[int]
+    gold_in_context: bool
+    """Whether the gold passage was among the context passages (RAFT bookkeeping)."""
+    context_ids: list[str] = field(default_factory=list)
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != -100)
+
+
+@dataclass
+class TrainData:
+    train: list[Example]
+    val: list[Example]
+    split: dict[str, list[str]]
+    """{'train': ids, 'val': ids}: every held-out id, including those beyond max_val_examples."""
+    data_hashes: dict[str, str]
+    cache_key: str
+    from_cache: bool = False
+
+
+# ---------------------------------------------------------------- loading and splitting
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            records = []
+            with open(path, encoding="utf-8") as fh:
+                for n, line in enumerate(fh, start=1):
+                    if line.strip():
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError:
+                            raise RagqaError(f"{path} line {n}: not valid JSON") from None
+            return records
+        if suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise RagqaError(f"{path}: expected a JSON list of {{question, answer}} objects")
+            return data
+        if suffix in (".csv", ".parquet"):
+            import pandas as pd
+
+            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
+            return frame.where(frame.notna(), None).to_dict(orient="records")
+    except UnicodeDecodeError:
+        raise RagqaError(f"{path}: not UTF-8 text") from None
+    raise RagqaError(f"{path}: unsupported Q&A file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+def load_qa(paths: Sequence[str]) -> tuple[list[QARow], dict[str, str]]:
+    """Read Q&A rows (fields question, answer, optional id and gold_passage_ids) and hash each file."""
+    rows: list[QARow] = []
+    hashes: dict[str, str] = {}
+    seen: set[str] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise RagqaError(f"train.data: Q&A file {path} not found (give a .jsonl with question/answer fields)")
+        hashes[str(path)] = file_sha256(path)
+        for n, rec in enumerate(_read_records(path), start=1):
+            if not isinstance(rec, dict):
+                raise RagqaError(f"{path} record {n}: expected an object with question and answer")
+            question, answer = rec.get("question"), rec.get("answer")
+            if not (isinstance(question, str) and isinstance(answer, str) and question.strip() and answer.strip()):
+                raise RagqaError(f"{path} record {n}: needs non-empty text fields 'question' and 'answer'")
+            rid = str(rec.get("id") or f"{path.stem}:{n}")
+            if rid in seen:
+                raise RagqaError(f"{path} record {n}: duplicate id {rid!r}")
+            seen.add(rid)
+            gold = rec.get("gold_passage_ids") or []
+            if isinstance(gold, str):
+                gold = [gold]
+            rows.append(QARow(rid, question.strip(), answer.strip(), [str(g) for g in gold]))
+    if len(rows) < 2:
+        raise RagqaError(f"train.data: need at least 2 Q&A pairs, found {len(rows)} in {', '.join(paths)}")
+    return rows, hashes
+
+
+def split_rows(rows: list[QARow], val_fraction: float, seed: int) -> tuple[list[QARow], list[QARow]]:
+    """Deterministic train/val split: the same rows, fraction and seed always give the same split."""
+    ordered = sorted(rows, key=lambda r: r.id)
+    random.Random(seed).shuffle(ordered)
+    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction)))
+    return ordered[n_val:], ordered[:n_val]
+
+
+# ---------------------------------------------------------------- RAFT context
+
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def _overlap(a: str, b: str) -> int:
+    return len(set(_WORD_RE.findall(a.lower())) & set(_WORD_RE.findall(b.lower())))
+
+
+def gold_passage(retriever, row: QARow, mode: str) -> Passage | None:
+    """The best chunk of the row's gold document(s); without gold ids, the top chunk retrieved by the answer.
+
+    Among a gold document's chunks, the one sharing most words with the answer is taken (the Retriever
+    has no API to score a given set of chunks, and word overlap is what makes a chunk support the answer).
+    """
+    chunks = [c for doc_id in row.gold_ids for c in retriever.chunks_of(doc_id)]
+    if chunks:
+        return max(chunks, key=lambda c: (_overlap(c.text, row.answer), -c.position))
+    hits = retriever.retrieve(row.answer, k=1, mode=mode)
+    return hits[0] if hits else None
+
+
+def raft_context(retriever, row: QARow, k: int, p: float, seed: int, mode: str) -> tuple[list[Passage], int | None]:
+    """k passages for `row`: with probability p the gold one at a random position, else only distractors.
+
+    Returns the passages and the 0-based position of the gold passage (None when it was left out).
+    """
+    rng = random.Random(f"{seed}:{row.id}")  # per-row stream: independent of order and of other rows
+    gold = gold_passage(retriever, row, mode)
+    gold_docs = set(row.gold_ids) | ({gold.doc_id} if gold else set())
+    neighbours = retriever.retrieve(row.question, k=k + 8, mode=mode)
+    distractors = [c for c in neighbours if c.doc_id not in gold_docs]
+    include = gold is not None and rng.random() < p
+    if include:
+        passages = distractors[: k - 1]
+        at = rng.randrange(len(passages) + 1)
+        passages.insert(at, gold)
+        return passages, at
+    return distractors[:k], None
+
+
+# ---------------------------------------------------------------- tokenization + cache
+
+
+def index_fingerprint(index_name: str) -> str:
+    """Identity of the index a context was drawn from: the sha256 of its manifest."""
+    from ragqa.index import MANIFEST, existing_index, index_dir
+
+    path = existing_index(index_dir(index_name))
+    if path is None:
+        raise RagqaError(f"no index '{index_name}' for the training context: run `ragqa ingest` first "
+                         "(or --set train.context_k=0 to train closed-book)")
+    return file_sha256(path / MANIFEST)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    parts = [tokenizer.name_or_path.rstrip("/").split("/")[-1], str(len(tokenizer)),
+             str(getattr(tokenizer, "chat_template", "")), str(tokenizer.eos_token_id)]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
+    """Data hash + template version + tokenizer + every config field that changes the examples."""
+    from ragqa.prompt import TEMPLATE_VERSION
+
+    t = cfg.train
+    relevant = {
+        "data": sorted(data_hashes.values()),
+        "template": TEMPLATE_VERSION,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "train": [t.val_fraction, t.max_examples, t.max_val_examples, t.raft_gold_prob, t.context_k,
+                  t.max_seq_len, t.seed, cfg.ask.context_tokens],
+        "index": index_fingerprint(cfg.index.name) if t.context_k > 0 else None,
+        "embedder": cfg.model.embedder if t.context_k > 0 else None,
+        "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _retrieval_mode(cfg) -> str:
+    return cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
+
+
+def _encode_rows(rows: list[QARow], tokenizer, retriever, cfg, progress) -> list[Example]:
+    from ragqa.prompt import cite, encode_example, fit_passages
+
+    t = cfg.train
+    examples = []
+    for row in progress(rows):
+        passages, gold_at, answer = None, None, row.answer
+        if t.context_k > 0:
+            passages, gold_at = raft_context(retriever, row, t.context_k, t.raft_gold_prob, t.seed,
+                                             _retrieval_mode(cfg))
+            # The same context budget `ask` uses, so the adapter trains on what it will see.
+            passages = fit_passages(tokenizer, passages, cfg.ask.context_tokens)
+            if gold_at is not None:  # teach the citation habit: the target cites the gold passage
+                answer = cite(row.answer, gold_at + 1)
+        enc = encode_example(tokenizer, row.question, passages, answer, t.max_seq_len)
+        examples.append(Example(row.id, enc.input_ids, enc.labels, gold_at is not None,
+                                [p.chunk_id for p in passages or []]))
+    return examples
+
+
+def _cache_path(key: str) -> Path:
+    from ragqa.models import cache_dir
+
+    return cache_dir() / "train-data" / f"{key}.json"
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_progress: bool = True) -> TrainData:
+    """Load, split, add RAFT context and tokenize the configured Q&A data (cached on disk)."""
+    t = cfg.train
+    rows, hashes = load_qa(t.data)
+    key = cache_key(cfg, hashes, tokenizer)
+    path = _cache_path(key)
+    if use_cache and path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            return TrainData([Example(**e) for e in cached["train"]], [Example(**e) for e in cached["val"]],
+                             cached["split"], hashes, key, from_cache=True)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass  # a damaged cache is rebuilt below
+    train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed)
+    split = {"train": sorted(r.id for r in train_rows), "val": sorted(r.id for r in val_rows)}
+    if t.max_examples is not None:
+        train_rows = train_rows[: t.max_examples]
+        split["train"] = sorted(r.id for r in train_rows)
+    if t.max_val_examples is not None:
+        val_rows = val_rows[: t.max_val_examples]
+    if t.context_k > 0 and retriever is None:
+        from ragqa.retrieve import Retriever
+
+        retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder)
+    progress = _progress("tokenizing Q&A with RAFT context") if show_progress else (lambda xs: xs)
+    train = _encode_rows(train_rows, tokenizer, retriever, cfg, progress)
+    val = _encode_rows(val_rows, tokenizer, retriever, cfg, progress)
+    data = TrainData(train, val, split, hashes, key)
+    _write_json_atomic(path, {"train": [vars(e) for e in train], "val": [vars(e) for e in val], "split": split})
+    return data
+
+
+def _progress(description: str):
+    def wrap(items):
+        from rich.progress import track
+
+        return track(items, description=description, transient=True)
+
+    return wrap
+
+
+# ---------------------------------------------------------------- batching
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                           group: bool = True) -> list[list[int]]:
+    """One epoch's batches of example indices: shuffled, then (if group) sorted by length within
+    mega-batches of 50 batches, so a batch pads to nearly its own length; batch order is shuffled again.
+
+    Hand-written rather than transformers' LengthGroupedSampler because the trainer needs the exact
+    batch list of any epoch (seed, epoch) to resume mid-epoch without replaying data.
+    """
+    rng = random.Random(f"{seed}:epoch{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group:
+        mega = batch_size * 50
+        order = [i for s in range(0, len(order), mega)
+                 for i in sorted(order[s:s + mega], key=lambda i: -lengths[i])]
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Sequence[Example], pad_id: int):
+    """Left-pad a batch to its longest example; labels are -100 on padding.
+
+    Left padding puts every answer at the end of its row, so the trainer computes logits only for the
+    last `keep` positions (`logits_to_keep`): the LM head (49k-way for SmolLM2) never runs on prompt
+    tokens, which carry no loss. position_ids restart at 0 after the padding, as at inference.
+    """
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    positions = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, width - n:] = torch.tensor(e.input_ids)
+        labels[row, width - n:] = torch.tensor(e.labels)
+        mask[row, width - n:] = 1
+        positions[row, width - n:] = torch.arange(n)
+    first_label = min(next(i for i, label in enumerate(e.labels) if label != -100) + width - len(e.input_ids)
+                      for e in examples)
+    keep = width - first_label + 1  # one more: the logit before the first answer token predicts it
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels, "keep": keep}
+
+
+def batches_per_epoch(n_examples: int, batch_size: int) -> int:
+    return math.ceil(n_examples / batch_size)

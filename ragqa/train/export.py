@@ -1,0 +1,56 @@
+"""`ragqa export ADAPTER --merge --output DIR`: fold a LoRA adapter into its base as a standalone model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from ragqa.errors import RagqaError
+from ragqa.train.adapter import check_adapter_dir, load_adapter, read_card
+
+
+def adapter_base(adapter: str | Path) -> str:
+    """The base model an adapter was trained on (its card, else adapter_config.json)."""
+    card = read_card(adapter)
+    if card and card.get("base_model"):
+        return card["base_model"]
+    config_path = Path(adapter) / "adapter_config.json"
+    if config_path.is_file():
+        base = json.loads(config_path.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if base:
+            return base
+    raise RagqaError(f"{adapter}: cannot tell its base model (no ragqa_card.json or adapter_config.json)")
+
+
+def export_merged(adapter: str | Path, output: str | Path, base: str | None = None) -> Path:
+    """Merge `adapter` into an fp32 (unquantized) copy of its base; save safetensors + tokenizer atomically.
+
+    A QLoRA adapter merges into the full-precision base: merging into 4-bit weights would re-quantize them.
+    """
+    from ragqa.models import load_generator
+    from ragqa.train.trainer import _replace_dir
+
+    adapter, output = Path(adapter), Path(output)
+    base = base or adapter_base(adapter)
+    check_adapter_dir(adapter, base)
+    if output.resolve() == adapter.resolve():
+        raise RagqaError("--output must differ from the adapter directory")
+    model, tokenizer = load_generator(base, device="cpu", dtype="float32")
+    merged = load_adapter(model, adapter, base).merge_and_unload()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    try:
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        card = read_card(adapter) or {}
+        (tmp / "ragqa_merged.json").write_text(json.dumps(
+            {"merged_from": str(adapter), "base_model": base, "method": card.get("method"),
+             "split": card.get("split"), "template_version": card.get("template_version")}, indent=2),
+            encoding="utf-8")
+        _replace_dir(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output

@@ -1,0 +1,533 @@
+"""The training loop: LoRA / QLoRA on the generator, atomic checkpoints, exact resume, adapter + card output.
+
+The loop is hand-written over `accelerate` (device placement, data-parallel under `accelerate launch`)
+instead of transformers' Trainer because ragqa needs what Trainer does not give: checkpoints written
+atomically (temp dir + rename), a checkpoint on Ctrl-C, resume at the exact batch of a length-grouped
+epoch, and loss weighted by answer tokens across gradient-accumulation steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragqa.errors import RagqaError
+from ragqa.train.adapter import CARD
+from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
+
+STATE_FILE = "trainer_state.pt"
+STATE_JSON = "state.json"
+
+
+@dataclass
+class TrainResult:
+    output: Path | None
+    steps: int
+    train_loss: float | None
+    val_loss: float | None
+    base_val_loss: float | None
+    wall_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def checkpoint_root(output: str | Path) -> Path:
+    """Checkpoints live beside the output (`adapters/NAME.checkpoints/`), never inside it."""
+    output = Path(output)
+    return output.with_name(output.name + ".checkpoints")
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete checkpoint (temp dirs of an interrupted save start with '.' and are ignored)."""
+    done = sorted(p for p in root.glob("step-*") if (p / STATE_JSON).is_file() and (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def peak_rss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temp dir into place; the previous result survives until the new one is in."""
+    if target.exists():
+        if not target.is_dir():
+            raise RagqaError(f"output {target} exists and is not a directory: remove it or choose --output")
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def _resume_signature(cfg, data: TrainData) -> dict[str, Any]:
+    """What must match for a checkpoint to be resumed by this run."""
+    t = cfg.train
+    return {"data": data.cache_key, "method": t.method, "base": cfg.model.base, "lora": cfg.lora.model_dump(),
+            "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "seed": t.seed,
+            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler}
+
+
+class Trainer:
+    """One training run of `cfg`; `run()` does it all."""
+
+    def __init__(self, cfg, *, resume: bool = False, use_cache: bool = True, show_progress: bool = True,
+                 trial=None, save_output: bool = True, checkpoints: bool = True, stop_after: int | None = None,
+                 retriever=None):
+        self.cfg = cfg
+        self.resume = resume
+        self.use_cache = use_cache
+        self.show_progress = show_progress
+        self.trial = trial
+        self.save_output = save_output
+        self.checkpoints = checkpoints
+        self.stop_after = stop_after
+        """Stop (with a checkpoint) after this many optimizer steps: a deterministic interruption for tests."""
+        self.retriever = retriever
+        self.output = Path(cfg.train.output)
+        self.ckpt_root = checkpoint_root(self.output)
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------ setup
+
+    def _setup(self) -> None:
+        import torch
+        from accelerate import Accelerator
+
+        from ragqa.models import load_tokenizer, resolve_device
+
+        t = self.cfg.train
+        device = resolve_device(self.cfg.model.device)
+        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.device = str(self.accelerator.device) if device != "cpu" else "cpu"
+        torch.manual_seed(t.seed)
+        self.tokenizer = load_tokenizer(self.cfg.model.base)
+        self.data = build_data(self.cfg, self.tokenizer, use_cache=self.use_cache, retriever=self.retriever,
+                               show_progress=self.show_progress and self.accelerator.is_main_process)
+        if not self.data.train:
+            raise RagqaError("train.data: no training examples left after the split; "
+                             "add data or lower train.val_fraction")
+        self.model = self._load_model()
+        self.nproc = self.accelerator.num_processes
+        self.per_epoch = batches_per_epoch(len(self.data.train), t.batch_size)
+        micro_per_step = t.grad_accum * self.nproc
+        self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.per_epoch / micro_per_step))
+        if t.method == "none":
+            return
+        from transformers import get_scheduler
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.scheduler = get_scheduler(t.lr_scheduler, self.optimizer,
+                                       num_warmup_steps=round(t.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def _load_model(self):
+        from ragqa.models import load_generator
+
+        t, m = self.cfg.train, self.cfg.model
+        quantization = "nf4" if t.method == "qlora" else None
+        model, _ = load_generator(m.base, device=self.device, dtype=m.dtype, quantization=quantization)
+        if t.method == "none":
+            return model
+        from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+        if quantization:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+        elif t.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+        missing = [tm for tm in self.cfg.lora.target_modules if tm not in names]
+        if missing:
+            raise RagqaError(f"lora.target_modules: {missing} not in model {m.base} "
+                             "(it has e.g. q_proj, v_proj, up_proj)")
+        lc = self.cfg.lora
+        peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                 target_modules=list(lc.target_modules), task_type="CAUSAL_LM")
+        return get_peft_model(model, peft_config)
+
+    # ------------------------------------------------------------ loss
+
+    def _micro_loss(self, batch, n_tokens: int):
+        """Sum of answer-token losses of a micro-batch divided by the answer tokens of its whole step.
+
+        Logits are computed only for the batch's answer span (see data.collate), not the whole prompt.
+        """
+        import torch.nn.functional as F
+
+        keep = batch["keep"]
+        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=batch["position_ids"], logits_to_keep=keep)
+        logits = out.logits[:, :-1].float()
+        labels = batch["labels"][:, -(keep - 1):]
+        loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                   ignore_index=-100, reduction="sum")
+        return loss_sum / max(1, n_tokens), loss_sum.detach()
+
+    def evaluate(self) -> float | None:
+        """Token-weighted mean loss on the answer tokens of the validation examples."""
+        import torch
+
+        val = self.data.val
+        if not val:
+            return None
+        self.model.eval()
+        total, count = 0.0, 0
+        order = sorted(range(len(val)), key=lambda i: len(val[i].input_ids))
+        bs = self.cfg.train.batch_size
+        with torch.no_grad():
+            for s in range(0, len(order), bs):
+                chunk = [val[i] for i in order[s:s + bs]]
+                batch = _to(collate(chunk, self.tokenizer.pad_token_id), self.accelerator.device)
+                _, loss_sum = self._micro_loss(batch, 1)
+                total += float(loss_sum)
+                count += sum(e.answer_tokens for e in chunk)
+        self.model.train()
+        return total / max(1, count)
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, step: int, micro: int) -> Path | None:
+        import torch
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        if not self.checkpoints or not self.accelerator.is_main_process:
+            return None
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}-", dir=self.ckpt_root))
+        try:
+            model = self.accelerator.unwrap_model(self.model)
+            weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
+            save_file(weights, str(tmp / "adapter_model.safetensors"))
+            rng = {"torch": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            # Our own file, read back with weights_only=True (tensors and plain containers only).
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                        "rng": rng}, tmp / STATE_FILE)
+            state = {"step": step, "micro": micro, "history": self.history, "signature": self.signature,
+                     "total_steps": self.total_steps}
+            (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
+            target = self.ckpt_root / f"step-{step:07d}"
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        kept = sorted(p for p in self.ckpt_root.glob("step-*"))
+        # Older checkpoints, and temp dirs left by a save that was killed, go.
+        for old in [*kept[: -self.cfg.train.keep_checkpoints], *self.ckpt_root.glob(".step-*")]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def _load_checkpoint(self) -> tuple[int, int]:
+        import torch
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        ckpt = latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            raise RagqaError(f"--resume: no checkpoint in {self.ckpt_root}; run without --resume to start fresh")
+        state = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
+        if state["signature"] != self.signature:
+            changed = sorted(k for k in self.signature if state["signature"].get(k) != self.signature[k])
+            raise RagqaError(f"--resume: {ckpt} was made with different settings ({', '.join(changed)}); "
+                             "restore them or run without --resume")
+        model = self.accelerator.unwrap_model(self.model)
+        weights = load_file(str(ckpt / "adapter_model.safetensors"), device=str(self.accelerator.device))
+        set_peft_model_state_dict(model, weights)
+        blob = torch.load(ckpt / STATE_FILE, weights_only=True, map_location="cpu")
+        self.optimizer.load_state_dict(blob["optimizer"])
+        self.scheduler.load_state_dict(blob["scheduler"])
+        torch.set_rng_state(blob["rng"]["torch"])
+        if "cuda" in blob["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        self.history = state["history"]
+        return state["step"], state["micro"]
+
+    # ------------------------------------------------------------ the loop
+
+    def _batches(self, micro: int):
+        """Micro-batches from global position `micro` on, for this process (data-parallel shard)."""
+        t = self.cfg.train
+        lengths = [len(e.input_ids) for e in self.data.train]
+        while True:
+            epoch, start = divmod(micro, self.per_epoch)
+            batches = length_grouped_batches(lengths, t.batch_size, t.seed, epoch, t.group_by_length)
+            for i in range(start, len(batches)):
+                if micro % self.nproc == self.accelerator.process_index:
+                    yield micro, [self.data.train[j] for j in batches[i]]
+                micro += 1
+
+    def run(self) -> TrainResult:
+        start = time.perf_counter()
+        self._setup()
+        self.signature = _resume_signature(self.cfg, self.data)
+        if self.cfg.train.method == "none":
+            val = self.evaluate()
+            self.history.append({"step": 0, "val_loss": val})
+            result = TrainResult(None, 0, None, val, val, time.perf_counter() - start, self.history)
+            if self.save_output:
+                result.output = self._write_output(result)
+            return result
+        step, micro = self._load_checkpoint() if self.resume else (0, 0)
+        base_val = next((h["val_loss"] for h in self.history if h.get("step") == 0 and "val_loss" in h), None)
+        if step == 0:
+            base_val = self.evaluate()
+            self.history.append({"step": 0, "val_loss": base_val})
+        result = self._loop(step, micro, start, base_val)
+        if self.save_output and not result.interrupted and self.accelerator.is_main_process:
+            result.output = self._write_output(result)
+            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        return result
+
+    def _loop(self, step: int, micro: int, start: float, base_val: float | None) -> TrainResult:
+        t = self.cfg.train
+        self.model.train()
+        batches = self._batches(micro)
+        writer = self._tb_writer()
+        bar = _Bar(self.total_steps, step, enabled=self.show_progress and self.accelerator.is_main_process)
+        last_train = next((h["loss"] for h in reversed(self.history) if "loss" in h), None)
+        last_val = next((h["val_loss"] for h in reversed(self.history) if h.get("val_loss") is not None), base_val)
+        interrupted = False
+        try:
+            with bar:
+                while step < self.total_steps:
+                    tick = time.perf_counter()
+                    group = [next(batches) for _ in range(t.grad_accum)]
+                    n_answer = sum(e.answer_tokens for _, chunk in group for e in chunk)
+                    n_tokens = sum(len(e.input_ids) for _, chunk in group for e in chunk)
+                    loss_total = 0.0
+                    for i, (_, chunk) in enumerate(group):
+                        batch = _to(collate(chunk, self.tokenizer.pad_token_id), self.accelerator.device)
+                        sync = i == len(group) - 1
+                        with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
+                            loss, loss_sum = self._micro_loss(batch, n_answer)
+                            self.accelerator.backward(loss)
+                        loss_total += float(loss_sum)
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    lr = self.scheduler.get_last_lr()[0]
+                    last_train = loss_total / max(1, n_answer)
+                    record = {"step": step + 1, "loss": last_train, "lr": lr, "tokens": n_tokens,
+                              "answer_tokens": n_answer}
+                    # Weights, step, data position and history advance together (a Ctrl-C checkpoint
+                    # taken at any later point of this step is consistent).
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    step, micro = step + 1, group[-1][0] + 1
+                    elapsed = time.perf_counter() - tick
+                    record.update(tokens_per_s=n_tokens / elapsed, answer_tokens_per_s=n_answer / elapsed,
+                                  epoch=micro / self.per_epoch)
+                    self.history.append(record)
+                    if step % t.eval_every == 0 or step == self.total_steps:
+                        last_val = record["val_loss"] = self.evaluate()
+                        self._report_trial(step, last_val)
+                    self._log(writer, record)
+                    bar.update(step, last_train, lr, n_tokens / elapsed, last_val)
+                    if step % t.save_every == 0 and step < self.total_steps:
+                        self._save_checkpoint(step, micro)
+                    if self.stop_after is not None and step >= self.stop_after and step < self.total_steps:
+                        self._save_checkpoint(step, micro)
+                        interrupted = True
+                        break
+        except KeyboardInterrupt:
+            if step > 0 and self.checkpoints:
+                path = self._save_checkpoint(step, micro)
+                if path:
+                    print(f"interrupted: checkpoint saved to {path}; continue with --resume", file=sys.stderr)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+        return TrainResult(None, step, last_train, last_val, base_val, time.perf_counter() - start,
+                           self.history, interrupted)
+
+    def _report_trial(self, step: int, val: float | None) -> None:
+        if self.trial is None or val is None:
+            return
+        import optuna
+
+        self.trial.report(val, step)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()
+
+    def _tb_writer(self):
+        if not self.save_output or not self.accelerator.is_main_process:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.ckpt_root.mkdir(parents=True, exist_ok=True)
+        return SummaryWriter(log_dir=str(self.ckpt_root / "tensorboard"))
+
+    def _log(self, writer, record: dict[str, Any]) -> None:
+        if writer is None:
+            return
+        for key in ("loss", "lr", "tokens_per_s", "val_loss"):
+            if record.get(key) is not None:
+                writer.add_scalar(f"train/{key}" if key != "val_loss" else "val/loss", record[key], record["step"])
+        writer.flush()
+
+    # ------------------------------------------------------------ output
+
+    def _write_output(self, result: TrainResult) -> Path:
+        """Adapter + card + metrics + curve + README into a temp dir, then renamed into place."""
+        from ragqa import __version__
+        from ragqa.models import generator_dir
+        from ragqa.prompt import TEMPLATE_VERSION
+
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}-", dir=self.output.parent))
+        try:
+            if self.cfg.train.method != "none":
+                model = self.accelerator.unwrap_model(self.model)
+                model.save_pretrained(str(tmp), safe_serialization=True)
+            with open(tmp / "metrics.jsonl", "w", encoding="utf-8") as fh:
+                for record in self.history:
+                    fh.write(json.dumps(record) + "\n")
+            tb = self.ckpt_root / "tensorboard"
+            if tb.is_dir():
+                shutil.copytree(tb, tmp / "tensorboard")
+            _plot_curve(self.history, tmp / "loss_curve.png")
+            gold_rate = (sum(e.gold_in_context for e in self.data.train) / len(self.data.train)
+                         if self.data.train else None)
+            import torch
+
+            card = {
+                "ragqa_version": __version__,
+                "base_model": self.cfg.model.base,
+                "base_model_location": generator_dir(self.cfg.model.base),
+                "method": self.cfg.train.method,
+                "template_version": TEMPLATE_VERSION,
+                "config": self.cfg.to_dict(),
+                "data_hashes": self.data.data_hashes,
+                "data_cache_key": self.data.cache_key,
+                "split": self.data.split,
+                "val_ids_scored": [e.id for e in self.data.val],
+                "raft_gold_rate": gold_rate,
+                "metrics": {"train_loss": result.train_loss, "val_loss": result.val_loss,
+                            "base_val_loss": result.base_val_loss, "steps": result.steps,
+                            "train_examples": len(self.data.train), "val_examples": len(self.data.val)},
+                "wall_time_s": round(result.wall_s, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "model_memory_mb": round(self.accelerator.unwrap_model(self.model).get_memory_footprint() / 2**20, 1),
+                "peak_cuda_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                 if torch.cuda.is_available() else None),
+                "device": self.device,
+            }
+            (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
+            (tmp / "README.md").write_text(_model_card(card), encoding="utf-8")
+            _replace_dir(tmp, self.output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self.output
+
+
+def _to(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+
+
+def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (answer tokens)")
+    if val:
+        ax.plot(*zip(*val, strict=True), marker="o", label="validation")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _model_card(card: dict[str, Any]) -> str:
+    m, cfg = card["metrics"], card["config"]
+    t, lora = cfg["train"], cfg["lora"]
+    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+    return f"""---
+library_name: peft
+base_model: {card['base_model']}
+tags: [ragqa, dermatology, {card['method']}, raft]
+---
+# ragqa adapter ({card['method']}) on {card['base_model']}
+
+Trained by `ragqa train` to answer dermatology questions from retrieved passages with citations
+(RAFT-style context: the gold passage among {t['context_k']} passages with probability {t['raft_gold_prob']}).
+Research tool, not medical advice.
+
+| | |
+|---|---|
+| method | {card['method']} (r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}) |
+| data | {', '.join(card['data_hashes'])} |
+| examples | {m['train_examples']} train, {m['val_examples']} validation scored ({len(card['split']['val'])} held out) |
+| steps | {m['steps']} (lr {t['lr']}, batch {t['batch_size']} x accum {t['grad_accum']}, \
+max_seq_len {t['max_seq_len']}) |
+| validation loss | {fmt(m['val_loss'])} (base model: {fmt(m['base_val_loss'])}) |
+| wall time | {card['wall_time_s']} s on {card['device']}, peak RSS {card['peak_rss_mb']} MB |
+| prompt template | {card['template_version']} |
+
+Use: `ragqa ask "QUESTION" --adapter THIS_DIR`, or with plain peft:
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), THIS_DIR)`.
+The held-out question ids are in `ragqa_card.json` (`split.val`); `ragqa eval` never scores training ids.
+"""
+
+
+class _Bar:
+    """rich progress bar: step, loss, lr, tokens/s, validation loss, ETA."""
+
+    def __init__(self, total: int, done: int, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[tps]} tok/s  "
+                       "val {task.fields[val]}"),
+            TimeRemainingColumn(), transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", lr="-", tps="-", val="-")
+
+    def __enter__(self):
+        if self.enabled:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+    def update(self, step: int, loss: float, lr: float, tps: float, val: float | None) -> None:
+        if self.enabled:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.3f}", lr=f"{lr:.2e}", tps=f"{tps:.0f}",
+                                 val="-" if val is None else f"{val:.3f}")
+
+
+def train(cfg, **kwargs) -> TrainResult:
+    """Run one training job of `cfg` (see Trainer for the keyword options)."""
+    return Trainer(cfg, **kwargs).run()
