@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+from ragqa.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABULAR_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
@@ -64,14 +65,6 @@ def resolve_path(spec: str) -> Path:
     if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
         return REPO_ROOT / path
     return path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(spec: str) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import numpy as np
 from ragqa import __version__
 from ragqa.corpus import Corpus, Document, Fields, fingerprint, load_corpus
 from ragqa.errors import RagqaError
+from ragqa.files import sha256_file
 
 FORMAT = 1
 FAISS_FILE = "faiss.index"
@@ -283,14 +284,6 @@ def load_bm25(path: Path):
 # -------------------------------------------------------------------------------- manifest, checksums
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _manifest_checksum(manifest: dict[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
@@ -326,7 +319,7 @@ def verify_files(path: Path, manifest: dict[str, Any], checksums: bool = True) -
         file = path / rel
         if not file.is_file() or file.stat().st_size != meta["bytes"]:
             raise RagqaError(f"index {path}: {rel} is missing or truncated: {_reingest_hint(path)}")
-        if checksums and _sha256(file) != meta["sha256"]:
+        if checksums and sha256_file(file) != meta["sha256"]:
             raise RagqaError(f"index {path}: {rel} does not match its checksum (corrupted): {_reingest_hint(path)}")
 
 
@@ -617,7 +610,7 @@ def _write(tmp: Path, cfg, corpus: Corpus, chunker: Chunker, model, chunks: list
     with open(tmp / CHUNKS_FILE, "w", encoding="utf-8") as fh:
         for chunk in chunks:
             fh.write(json.dumps(chunk.record(), ensure_ascii=False) + "\n")
-    files = {f.relative_to(tmp).as_posix(): {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    files = {f.relative_to(tmp).as_posix(): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
              for f in sorted(tmp.rglob("*")) if f.is_file()}
     now = datetime.now(UTC).isoformat(timespec="seconds")
     manifest: dict[str, Any] = {

@@ -18,6 +18,7 @@ from ragqa.config import load_config
 from ragqa.corpus import Document, load_corpus
 from ragqa.errors import RagqaError
 from ragqa.retrieve import Retriever
+from ragqa.files import sha256_file
 
 DOCS = [
     {"id": "acne", "title": "Acne", "text": "Acne causes blackheads, whiteheads and pimples on the face and back. "
@@ -110,12 +111,12 @@ def test_manifest_contents(tmp_path, embedder, corpus_file):
     assert "SentenceSplitter" in manifest["chunking"]["splitter"]
     assert manifest["counts"]["documents"] == 4 and manifest["counts"]["chunks"] >= 4
     corpus = manifest["corpus"][0]
-    assert corpus["spec"] == corpus_file and corpus["sha256"] == index._sha256(index.Path(corpus_file))
+    assert corpus["spec"] == corpus_file and corpus["sha256"] == sha256_file(index.Path(corpus_file))
     assert set(manifest["files"]) == {"faiss.index", "chunks.jsonl", "bm25/data.csc.index.npy",
                                       "bm25/indices.csc.index.npy", "bm25/indptr.csc.index.npy",
                                       "bm25/vocab.index.json", "bm25/params.index.json"}
     for rel, meta in manifest["files"].items():
-        assert meta["sha256"] == index._sha256(path / rel) and meta["bytes"] == (path / rel).stat().st_size
+        assert meta["sha256"] == sha256_file(path / rel) and meta["bytes"] == (path / rel).stat().st_size
     assert {"faiss-cpu", "bm25s", "llama-index-core", "sentence-transformers"} <= set(manifest["versions"])
     assert manifest["created"] and manifest["last_ingest"]["embedded_chunks"] == manifest["counts"]["chunks"]
     assert not any(p.suffix in (".pkl", ".pickle") for p in path.rglob("*"))
@@ -198,7 +199,7 @@ def test_lock_blocks_a_second_writer_and_stale_locks_are_taken_over(tmp_path, em
 def _rewrite_manifest(path, change):
     manifest = json.loads((path / "manifest.json").read_text())
     change(manifest)
-    manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": index._sha256(path / rel)}
+    manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
                          for rel in manifest["files"]}
     manifest["checksum"] = index._manifest_checksum(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))

@@ -16,6 +16,7 @@ from typing import Any
 
 from ragqa.config import Config
 from ragqa.errors import RagqaError
+from ragqa.files import sha256_file
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -54,12 +55,6 @@ def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
     if not out:
         raise RagqaError("--configs: give at least one configuration, e.g. --configs base,rag")
     return out
-
-
-def _sha256(path: str | Path) -> str:
-    from ragqa.train.data import file_sha256
-
-    return file_sha256(path)
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
@@ -175,9 +170,9 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge
     """What must not change between a run and its resume (results would otherwise mix two setups)."""
     return {
         "questions": str(questions_path),
-        "questions_sha256": _sha256(questions_path),
+        "questions_sha256": sha256_file(questions_path),
         "adapter": adapter,
-        "adapter_sha256": _sha256(Path(adapter) / "adapter_model.safetensors")
+        "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors")
         if adapter and (Path(adapter) / "adapter_model.safetensors").is_file() else None,
         "model": cfg.model.base,
         "embedder": cfg.model.embedder,

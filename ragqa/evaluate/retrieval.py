@@ -7,29 +7,22 @@ over questions; MRR@10 = mean of 1/r for the first gold chunk within the top 10 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+from ragqa.files import iter_jsonl
 
 
 def load_qa(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Q&A rows that have a question and gold_passage_ids (others are skipped)."""
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise RagqaError(f"{path}: line {n} is not valid JSON") from None
-            if isinstance(row, dict) and row.get("question") and row.get("gold_passage_ids"):
-                rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
+    for _, row in iter_jsonl(path):
+        if isinstance(row, dict) and row.get("question") and row.get("gold_passage_ids"):
+            rows.append(row)
+        if limit is not None and len(rows) >= limit:
+            break
     if not rows:
         raise RagqaError(f"{path}: no rows with 'question' and 'gold_passage_ids'")
     return rows

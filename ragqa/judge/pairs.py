@@ -14,7 +14,6 @@ on the same side), so the benchmark measures the judge on conditions it never sa
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ragqa.errors import RagqaError
+from ragqa.files import iter_jsonl
 from ragqa.judge.text import split_sentences
 
 LABELS = ("entailment", "neutral", "contradiction")
@@ -97,20 +97,13 @@ def load_docs(paths: Iterable[str | Path]) -> list[Doc]:
         p = Path(path)
         if not p.is_file():
             raise RagqaError(f"judge corpus {p} not found (expected a JSONL file of passages with a 'text' field)")
-        with p.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    raise RagqaError(f"{p} line {n}: not valid JSON") from None
-                if row.get("dermatology") is False or not row.get("text"):
-                    continue
-                condition = str(row.get("condition") or row.get("title") or "").strip()
-                if not condition:
-                    raise RagqaError(f"{p} line {n}: needs a 'condition' or 'title' field to make in-domain pairs")
-                docs.append(Doc(str(row.get("id", f"{p.name}:{n}")), condition.lower(), condition, row["text"]))
+        for n, row in iter_jsonl(p):
+            if row.get("dermatology") is False or not row.get("text"):
+                continue
+            condition = str(row.get("condition") or row.get("title") or "").strip()
+            if not condition:
+                raise RagqaError(f"{p} line {n}: needs a 'condition' or 'title' field to make in-domain pairs")
+            docs.append(Doc(str(row.get("id", f"{p.name}:{n}")), condition.lower(), condition, row["text"]))
     return docs
 
 

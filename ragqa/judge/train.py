@@ -8,7 +8,6 @@ are not padded to passage length. The result is a folder with safetensors weight
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,22 +19,16 @@ from pathlib import Path
 
 from ragqa import __version__
 from ragqa.errors import RagqaError
+from ragqa.files import iter_jsonl
 from ragqa.judge.pairs import LABELS, Pair, load_docs, make_pairs
 from ragqa.judge.registry import CARD
+from ragqa.files import sha256_file
 
 NLI_DEV = 500
 """NLI pairs kept out of training to report the dev accuracy on the card."""
 DOMAIN_DEV = 600
 DEV_FRACTION = 0.1
 """Share of conditions (beside the held-out ones) kept for the in-domain dev metrics."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_nli(path: str | Path) -> list[Pair]:
@@ -45,16 +38,9 @@ def read_nli(path: str | Path) -> list[Pair]:
         raise RagqaError(f"NLI file {p} not found: give --nli PATH (SNLI JSONL with premise/hypothesis/label), "
                          "or --nli none to train on in-domain pairs only")
     pairs = []
-    with p.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise RagqaError(f"{p} line {n}: not valid JSON") from None
-            if row.get("label") in LABELS and row.get("premise") and row.get("hypothesis"):
-                pairs.append(Pair(row["premise"], row["hypothesis"], row["label"], "nli", f"{p.name}:{n}"))
+    for n, row in iter_jsonl(p):
+        if row.get("label") in LABELS and row.get("premise") and row.get("hypothesis"):
+            pairs.append(Pair(row["premise"], row["hypothesis"], row["label"], "nli", f"{p.name}:{n}"))
     if not pairs:
         raise RagqaError(f"{p}: no rows with premise, hypothesis and label in {', '.join(LABELS)}")
     return pairs
@@ -229,10 +215,10 @@ def train_judge(cfg, console=None) -> Path:
             "max_length": j.max_length,
             "recipe": j.model_dump(mode="json"),
             "data": {
-                "nli": {"path": j.nli, "sha256": file_sha256(j.nli) if j.nli else None,
+                "nli": {"path": j.nli, "sha256": sha256_file(j.nli) if j.nli else None,
                         "train_pairs": len(nli_train), "dev_pairs": len(nli_dev),
                         "labels": dict(Counter(p.label for p in nli_train))},
-                "corpus": [{"path": c, "sha256": file_sha256(c)} for c in j.corpus],
+                "corpus": [{"path": c, "sha256": sha256_file(c)} for c in j.corpus],
                 "domain": {"train_pairs": len(domain_train), "dev_pairs": len(domain_dev),
                            "labels": dict(Counter(p.label for p in domain_train)),
                            "kinds": dict(Counter(p.kind for p in domain_train)),

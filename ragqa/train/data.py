@@ -23,6 +23,7 @@ from typing import Any
 
 from ragqa.errors import RagqaError
 from ragqa.passage import Passage
+from ragqa.files import sha256_file
 
 
 @dataclass
@@ -62,14 +63,6 @@ class TrainData:
 # ---------------------------------------------------------------- loading and splitting
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     try:
@@ -107,7 +100,7 @@ def load_qa(paths: Sequence[str]) -> tuple[list[QARow], dict[str, str]]:
         path = Path(raw)
         if not path.is_file():
             raise RagqaError(f"train.data: Q&A file {path} not found (give a .jsonl with question/answer fields)")
-        hashes[str(path)] = file_sha256(path)
+        hashes[str(path)] = sha256_file(path)
         for n, rec in enumerate(_read_records(path), start=1):
             if not isinstance(rec, dict):
                 raise RagqaError(f"{path} record {n}: expected an object with question and answer")
@@ -188,7 +181,7 @@ def index_fingerprint(index_name: str) -> str:
     if path is None:
         raise RagqaError(f"no index '{index_name}' for the training context: run `ragqa ingest` first "
                          "(or --set train.context_k=0 to train closed-book)")
-    return file_sha256(path / MANIFEST)
+    return sha256_file(path / MANIFEST)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
