@@ -1,8 +1,8 @@
 """Answer latency of `ragqa ask`: time to first token and decode tokens/s, side by side with llama.cpp.
 
-Rows: the base model, base + LoRA adapter (unmerged), and the adapter merged into the base, all through
-the same Pipeline with k passages in the prompt; plus the same model's GGUF weights run by llama.cpp
-(llama-cpp-python) on the same prompts when it is installed. Prints one JSON object.
+Rows: the base model, base + LoRA adapter (unmerged), the adapter merged into the base, and the base with
+ask.quantize=int8, all through the same Pipeline code with k passages in the prompt; plus the same model's
+GGUF weights run by llama.cpp (llama-cpp-python) on the same prompts when it is installed. Prints one JSON object.
 
     python benchmarks/ask.py [--index indexes/default] [--adapter adapters/X] [--k 5] [--questions 8]
 
@@ -112,6 +112,8 @@ def main() -> None:
         pipe.model = pipe.model.merge_and_unload()
         pipe.adapter = None
         result["adapter_merged"] = _summ(_run_pipeline(pipe, questions, args.k))
+        int8 = Pipeline(cfg.model_copy(update={"ask": cfg.ask.model_copy(update={"quantize": "int8"})}))
+        result["base_int8"] = _summ(_run_pipeline(int8, questions, args.k))
         prompts = [pipe.prompt_for(q, pipe.retrieve(q, cfg.retrieval.mode, args.k), cfg.retrieval.mode)
                    for q in questions]
     llama = _llama_cpp(prompts, args.max_new_tokens, torch.get_num_threads())
@@ -121,7 +123,7 @@ def main() -> None:
         result["llama_cpp"] = llama
         result["ratio_tokens_per_s_vs_llama_cpp"] = {
             row: round(result[row]["tokens_per_s_median"] / llama["tokens_per_s_median"], 3)
-            for row in ("base", "adapter_unmerged", "adapter_merged")
+            for row in ("base", "adapter_unmerged", "adapter_merged", "base_int8")
         }
     result["targets"] = {"tokens_per_s_ratio_min": 0.5, "ttft_s_max": 1.5}
     print(json.dumps(result, indent=2))

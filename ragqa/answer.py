@@ -71,6 +71,23 @@ class Answer:
         }
 
 
+def quantize_int8(model):
+    """Dynamic int8 quantization of the model's Linear layers (CPU only; LoRA layers stay float)."""
+    import warnings
+
+    import torch
+
+    if model.device.type != "cpu":
+        raise RagqaError("ask.quantize=int8 runs on CPU only: set model.device=cpu or ask.quantize=none")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+
+        spec = {name: default_dynamic_qconfig for name, module in model.named_modules()
+                if isinstance(module, torch.nn.Linear) and "lora_" not in name}
+        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+
+
 class Pipeline:
     """Generator (+ optional LoRA adapter) and retriever, loaded once, answering many questions."""
 
@@ -89,6 +106,8 @@ class Pipeline:
             from ragqa.train.adapter import load_adapter
 
             self.model = load_adapter(self.model, self.adapter, cfg.model.base)
+        if cfg.ask.quantize == "int8":
+            self.model = quantize_int8(self.model)
         self._retriever = None
         self._unreported_load_s = time.perf_counter() - start
         """Load time not yet attributed to an answer's timings (reported once, by the next answer)."""
@@ -177,6 +196,8 @@ class Pipeline:
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=1.1,
         )
+        if self.cfg.ask.static_cache:
+            kwargs["cache_implementation"] = "static"
         if temperature > 0:
             kwargs["temperature"] = temperature
             torch.manual_seed(self.cfg.train.seed)

@@ -76,15 +76,34 @@ def _not_implemented(name: str) -> None:
 @click.option("--no-cache", is_flag=True, help="Rebuild the tokenized training data instead of reusing the cache.")
 @click.option("--search", "search_trials", type=click.IntRange(min=1), metavar="N",
               help="Optuna search: N short trials over lr, r, alpha, dropout, p; writes OUTPUT.best.yaml.")
-def train_cmd(config_path, overrides, data, output, method, resume, no_cache, search_trials) -> None:
+@click.option("--launcher", type=click.Choice(["none", "accelerate"]), default="none", show_default=True,
+              help="accelerate: re-run this command under `accelerate launch` (data parallel over GPUs).")
+@click.option("--num-processes", type=click.IntRange(min=1), metavar="N",
+              help="Processes for --launcher accelerate, one per GPU (default: all visible GPUs, 1 on CPU).")
+@click.pass_context
+def train_cmd(ctx, config_path, overrides, data, output, method, resume, no_cache, search_trials, launcher,
+              num_processes) -> None:
     """Fine-tune a LoRA/QLoRA adapter on Q&A pairs with retrieved context (RAFT-style).
 
     \b
-    Multi-GPU (data parallel): accelerate launch -m ragqa train --config RECIPE
+    Multi-GPU (data parallel; effective batch = batch_size x grad_accum x processes):
+      ragqa train --launcher accelerate --num-processes 4 --config RECIPE
+      accelerate launch -m ragqa train --config RECIPE
     """
     cfg = _build_config(config_path, overrides, {
         "train.data": list(data) if data else None, "train.output": output, "train.method": method,
     })
+    if num_processes is not None and launcher != "accelerate":
+        raise RagqaError("--num-processes needs --launcher accelerate")
+    if launcher == "accelerate":
+        if search_trials:
+            raise RagqaError("--search runs its trials in one process: drop --launcher")
+        from ragqa.models import resolve_device
+        from ragqa.train.launch import default_num_processes, launch
+
+        device = resolve_device(cfg.model.device)
+        sys.exit(launch(_command_line_args(ctx, skip={"launcher", "num_processes"}),
+                        num_processes or default_num_processes(device), device))
     if search_trials:
         if resume:
             raise RagqaError("--search and --resume cannot be combined")
@@ -102,6 +121,22 @@ def train_cmd(config_path, overrides, data, output, method, resume, no_cache, se
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         click.echo(f"{cfg.train.method} run written to {result.output}: {result.steps} steps in {result.wall_s:.0f} s, "
                    f"val loss {fmt(result.val_loss)} (base {fmt(result.base_val_loss)})")
+
+
+def _command_line_args(ctx: click.Context, skip: set[str]) -> list[str]:
+    """The options given on this command's command line, rebuilt from their parsed values (less `skip`)."""
+    from click.core import ParameterSource
+
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name in skip or ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        opt, value = param.opts[0], ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            args += [opt] if value else []
+        else:
+            args += [a for v in (value if param.multiple else [value]) for a in (opt, str(v))]
+    return args
 
 
 @cli.command("export")
@@ -284,6 +319,10 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="ragqa", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # one line too, e.g. "--output: Directory 'x' is a file"
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -296,6 +335,11 @@ def main(argv: list[str] | None = None) -> None:
     except RagqaError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except OSError as exc:  # a file-system failure outside the atomic writers: the path and the reason
+        if os.environ.get("RAGQA_DEBUG"):
+            raise
+        click.echo(f"error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", err=True)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback reaches the user
         if os.environ.get("RAGQA_DEBUG"):
             raise

@@ -129,6 +129,11 @@ class AskConfig(_Section):
     context_tokens: int = Field(768, gt=16)
     """Token budget for the retrieved passages in the prompt (shared equally among them)."""
     threads: int | None = Field(None, gt=0)
+    static_cache: bool = True
+    """Preallocated KV cache while generating: same greedy tokens, faster decode than the growing default."""
+    quantize: Literal["none", "int8"] = "none"
+    """int8: dynamic int8 Linear layers on CPU: ~1.5x faster prefill, ~1.3x decode, but the answers change and
+    were worse on the 5 questions checked (benchmarks/ask.py row base_int8), so it is off by default."""
 
 
 class JudgeConfig(_Section):

@@ -1,14 +1,25 @@
-"""Small file helpers shared by every command: content hashes and JSONL reading with one-line errors."""
+"""Small file helpers shared by every command: content hashes, JSONL reading, and atomic writes, with one-line
+errors (a full disk, a read-only folder or a file in the way names the path and the fix)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+
+_NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_IN_THE_WAY = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -30,3 +41,196 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
                 yield n, json.loads(line)
             except json.JSONDecodeError:
                 raise RagqaError(f"{path} line {n}: not valid JSON") from None
+
+
+# ------------------------------------------------------------------------------------ write errors
+
+
+def write_errno(exc: BaseException, written: Path | None = None) -> int | None:
+    """The errno behind a failed write, or None if `exc` does not look like one.
+
+    OSError carries it; safetensors and faiss name it in their message; torch does neither, so a full disk or
+    an exceeded file-size limit (ulimit -f) is also recognised by looking at the disk and the files in the
+    directory `written`.
+    """
+    for e in (exc, exc.__cause__):
+        if isinstance(e, OSError) and e.errno:
+            return e.errno
+    text = str(exc)
+    found = re.search(r"os error (\d+)|\[Errno (\d+)\]", text)
+    if found:
+        return int(found.group(1) or found.group(2))
+    for code in (*_NO_SPACE, errno.EROFS, errno.EACCES):
+        if os.strerror(code) in text:
+            return code
+    if written is None or not isinstance(exc, OSError | RuntimeError):
+        return None
+    with contextlib.suppress(OSError):
+        if os.statvfs(written).f_bavail == 0:
+            return errno.ENOSPC
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and any(f.is_file() and f.stat().st_size >= limit for f in written.rglob("*")):
+        return errno.EFBIG
+    return None
+
+
+def write_error(path: str | Path, code: int | None, option: str, *, reason: str | None = None,
+                action: str | None = None, kept: str | None = None) -> RagqaError:
+    """One-line error for a failed write of `path`: what happened and the fix (`option` names the flag to change)."""
+    path = Path(path)
+    if code in _NO_SPACE:
+        fix = f"free space or choose another {option}"
+    elif code in _READ_ONLY:
+        fix = f"make {_existing_ancestor(path.parent)} writable or choose another {option}"
+    elif code in _IN_THE_WAY:
+        fix = f"a file is in the way: remove it or choose another {option}"
+    else:
+        fix = f"choose another {option}"
+    reason = reason or (os.strerror(code) if code else "write failed")
+    note = f"; the previous {kept} is unchanged" if kept else ""
+    return RagqaError(f"{action or f'cannot write {path}'}: {reason}{note}; {fix}")
+
+
+def check_writable_dir(target: str | Path, option: str = "--output") -> None:
+    """Fail early when directory `target` cannot be written: it, or a folder above it, is a file, or its parent
+    cannot be created or written (probed with a temp directory, removed again)."""
+    target = Path(target)
+    _check_not_a_file(target, option)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}-probe-", dir=target.parent))
+    except OSError as exc:
+        raise write_error(target, exc.errno, option) from None
+
+
+def _check_not_a_file(target: Path, option: str) -> None:
+    for p in (target, *target.parents):
+        if p.exists() or p.is_symlink():
+            if not p.is_dir():
+                what = "it exists and is a file" if p == target else f"{p} is a file"
+                raise RagqaError(f"cannot write {target}: {what}; remove it or choose another {option}")
+            break
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+# ------------------------------------------------------------------------------------ atomic writes
+
+
+def _ordinary_mode(path: Path, mode: int) -> None:
+    """mkstemp/mkdtemp make private entries; outputs get the usual umask permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, mode & ~umask)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_files_atomic(files: dict[Path, bytes], *, option: str = "--output") -> None:
+    """Write each file to a temp file beside it and fsync; only then rename them all into place, so a full disk
+    or a read-only folder changes none of them. Nothing is left behind on failure."""
+    temps: list[Path] = []
+    current = next(iter(files))
+    try:
+        for current, data in files.items():
+            fd, name = tempfile.mkstemp(prefix=f".{current.name}-", dir=current.parent)
+            temps.append(Path(name))
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _ordinary_mode(temps[-1], 0o666)
+            if current.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(current))
+        for tmp, current in zip(temps, files, strict=True):
+            os.replace(tmp, current)
+    except BaseException as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(current, exc.errno, option) from None
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes, *, option: str = "--output") -> None:
+    """Write `data` to a temp file beside `path`, fsync, rename into place; nothing is left on failure."""
+    write_files_atomic({Path(path): data}, option=option)
+
+
+def write_text_atomic(path: str | Path, text: str, *, option: str = "--output") -> None:
+    """Write UTF-8 text atomically (see write_bytes_atomic)."""
+    write_bytes_atomic(path, text.encode("utf-8"), option=option)
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = None, sort_keys: bool = False,
+                      option: str = "--output") -> None:
+    """Write `obj` as JSON atomically (see write_bytes_atomic)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys), option=option)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, *, option: str = "--output", prefix: str | None = None,
+               backup: Path | None = None, replace: bool = True, action: str | None = None,
+               kept: str | None = None) -> Iterator[Path]:
+    """Yield a temp directory beside `target`; on success it becomes `target`, on any failure it is removed.
+
+    An existing `target` is swapped out with two renames (to `backup`, default `.NAME.old-PID`; the new one in;
+    the old one removed), so the previous result survives until the new one is complete. With replace=False an
+    existing target wins and the new directory is dropped (another process finished first). Write failures
+    (full disk, read-only folder, a file in the way) become one RagqaError naming `target` and the fix;
+    `action` and `kept` (what is unchanged) shape its wording.
+    """
+    target = Path(target)
+    _check_not_a_file(target, option)
+    backup = backup or target.with_name(f".{target.name}.old-{os.getpid()}")
+    kept = kept or ("one" if target.exists() else None)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}-", dir=target.parent))
+    except OSError as exc:
+        raise write_error(target, exc.errno, option, action=action, kept=kept) from None
+    try:
+        _ordinary_mode(tmp, 0o777)
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb") as fh:
+                    os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if target.exists() and not replace:
+            shutil.rmtree(tmp)
+            return
+        _swap(tmp, target, backup, option)
+    except BaseException as exc:
+        code = write_errno(exc, tmp) if isinstance(exc, Exception) and not isinstance(exc, RagqaError) else None
+        shutil.rmtree(tmp, ignore_errors=True)
+        if code is None:
+            raise
+        raise write_error(target, code, option, action=action, kept=kept) from None
+
+
+def _swap(tmp: Path, target: Path, backup: Path, option: str) -> None:
+    _check_not_a_file(target, option)
+    shutil.rmtree(backup, ignore_errors=True)
+    if target.exists():
+        os.rename(target, backup)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if backup.exists() and not target.exists():
+            os.rename(backup, target)
+        raise
+    _fsync_dir(target.parent)
+    shutil.rmtree(backup, ignore_errors=True)

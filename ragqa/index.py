@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -36,7 +35,7 @@ import numpy as np
 from ragqa import __version__
 from ragqa.corpus import Corpus, Document, Fields, fingerprint, load_corpus
 from ragqa.errors import RagqaError
-from ragqa.files import sha256_file
+from ragqa.files import atomic_dir, sha256_file, write_error
 
 FORMAT = 1
 FAISS_FILE = "faiss.index"
@@ -414,30 +413,6 @@ def _recover(path: Path) -> None:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Replace PATH by TMP with two renames; a crash between them is undone by _recover/existing_index."""
-    for file in tmp.rglob("*"):
-        if file.is_file():
-            with open(file, "rb+") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    backup = _backup_dir(path)
-    shutil.rmtree(backup, ignore_errors=True)
-    if path.exists():
-        os.rename(path, backup)
-    os.rename(tmp, path)
-    _fsync_dir(path.parent)
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 # -------------------------------------------------------------------------------------------- ingest
 
 
@@ -478,8 +453,12 @@ def ingest(cfg, embedder=None) -> Path:
         with index_lock(path):
             return _ingest_locked(cfg, path, embedder)
     except OSError as exc:
-        raise RagqaError(f"ingest into {path} failed: {exc.strerror or exc} ({exc.filename or path}); "
-                         "the previous index is unchanged") from None
+        raise write_error(path, exc.errno, "--index", reason=f"{exc.strerror or exc} ({exc.filename or path})",
+                          action=f"ingest into {path} failed", kept=_kept(path)) from None
+
+
+def _kept(path: Path) -> str | None:
+    return "index" if (path / MANIFEST).is_file() else None
 
 
 def _ingest_locked(cfg, path: Path, embedder) -> Path:
@@ -513,18 +492,12 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
         old = None
     chunks, vectors, reused = _chunk_and_embed(corpus, chunker, embedder, cfg.index.embed_batch_size, old)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; an index is an ordinary directory
-    try:
+    # Two renames swap it in; a crash between them is undone by _recover/existing_index (the fixed backup name).
+    with atomic_dir(path, option="--index", prefix=f".{path.name}.tmp-", backup=_backup_dir(path),
+                    action=f"ingest into {path} failed", kept=_kept(path)) as tmp:
         _write(tmp, cfg, corpus, chunker, embedder, chunks, vectors, params, fields, settings,
                {"embedded_chunks": len(chunks) - reused, "reused_chunks": reused,
                 "seconds": round(time.perf_counter() - start, 2)})
-        _swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     _say(f"{path}: {len(corpus.documents)} documents, {len(chunks)} chunks ({len(chunks) - reused} embedded, "
          f"{reused} reused), {params['type']} FAISS + BM25, {size / 1e6:.1f} MB, "

@@ -99,3 +99,30 @@ def test_missing_index_says_what_to_run(tmp_path):
 def test_empty_questions_are_refused(question):
     res = run_cli("ask", question, "--retrieval", "none")
     assert res.returncode == 2 and "question is empty" in res.stderr
+
+
+def test_static_cache_gives_the_same_greedy_answer(pipeline, starter_index):
+    from ragqa.answer import Pipeline
+    from ragqa.config import load_config
+
+    assert pipeline.cfg.ask.static_cache  # the default
+    plain = Pipeline(load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=48", "retrieval.k=3",
+                                        "ask.static_cache=false"]))
+    question = "How is scabies treated?"
+    static, dynamic = pipeline.answer(question), plain.answer(question)
+    assert static.answer and static.answer == dynamic.answer
+    assert static.timings["new_tokens"] == dynamic.timings["new_tokens"]
+
+
+def test_int8_quantization_answers_with_int8_layers(starter_index):
+    import torch
+
+    from ragqa.answer import Pipeline
+    from ragqa.config import load_config
+
+    pipe = Pipeline(load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=16", "retrieval.k=3",
+                                       "ask.quantize=int8"]))
+    layer = pipe.model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
+    ans = pipe.answer("What causes cold sores?")
+    assert not ans.abstained and ans.answer and ans.timings["new_tokens"] > 0

@@ -427,3 +427,96 @@ def test_search_writes_a_loadable_best_recipe(tmp_path):
     assert loaded.train.lr == pytest.approx(best["train.lr"]) and loaded.lora.r == best["lora.r"]
     assert loaded.lora.alpha == best["lora.r"] * best["lora.alpha_over_r"]
     assert "best validation loss" in path.read_text().splitlines()[0]
+
+
+# ---------------------------------------------------------------- multi-process (accelerate launch)
+
+
+def test_launcher_accelerate_builds_the_launch_command(capsys):
+    import sys
+
+    from ragqa.cli import _command_line_args, main, train_cmd
+    from ragqa.train.launch import accelerate_command
+
+    ctx = train_cmd.make_context("train", ["--launcher", "accelerate", "--num-processes=4", "--config", "c.yaml",
+                                           "--set", "train.lr=1e-4", "--resume", "--set=train.max_steps=2",
+                                           "--data", "a b.jsonl", "--output", "out"])
+    args = _command_line_args(ctx, skip={"launcher", "num_processes"})
+    assert args == ["--config", "c.yaml", "--set", "train.lr=1e-4", "--set", "train.max_steps=2",
+                    "--data", "a b.jsonl", "--output", "out", "--resume"]
+    cmd = accelerate_command(args, 4)
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "4" and "--multi_gpu" in cmd and "--cpu" not in cmd
+    assert cmd[cmd.index("-m", 3):] == ["-m", "ragqa", "train", *args]
+    assert "--multi_gpu" not in accelerate_command(args, 1)
+    cpu = accelerate_command(args, 1, cpu=True)
+    assert "--cpu" in cpu and "--multi_gpu" not in cpu
+    for argv, message in [(["--num-processes", "2"], "needs --launcher accelerate"),
+                          (["--launcher", "accelerate", "--num-processes", "2"], "need CUDA GPUs"),
+                          (["--launcher", "accelerate", "--search", "2"], "--search")]:
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--set", "model.device=cpu", *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_launcher_accelerate_single_process_writes_a_loadable_adapter(tmp_path):
+    from ragqa.models import load_generator
+    from ragqa.train.adapter import load_adapter
+
+    out = tmp_path / "adapter"
+    res = run_cli("train", "--launcher", "accelerate", "--num-processes", "1", "--output", str(out),
+                  *[a for item in [*TINY, "train.max_steps=1", "lora.r=4"] for a in ("--set", item)])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("lora run written to") == 1
+    card = json.loads((out / "ragqa_card.json").read_text())
+    assert card["metrics"]["steps"] == 1 and card["processes"] == 1
+    model = load_adapter(load_generator("smollm2-135m", device="cpu")[0], out, "smollm2-135m")
+    assert model.peft_config["default"].r == 4
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_with_twice_the_accumulation(tmp_path):
+    """torchrun (what `accelerate launch --multi_gpu` runs) with 2 CPU processes over gloo: each takes every
+    other micro-batch, so 2 processes x grad_accum 1 take the same optimizer steps as 1 process x grad_accum 2,
+    and only the main process writes the adapter and prints."""
+    import os
+    import subprocess
+    import sys
+
+    from ragqa.train.trainer import train
+
+    extra = [*TINY, "train.max_steps=2", "lora.r=4", "lora.dropout=0", "train.eval_every=100"]
+    out = tmp_path / "ddp"
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "ragqa",
+                          "train", "--output", str(out), *[a for item in extra for a in ("--set", item)]],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.count("lora run written to") == 1
+    single = train(tiny_cfg(tmp_path / "single", *extra[len(TINY):], "train.grad_accum=2"), show_progress=False)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("loss") for r in records] == pytest.approx([h.get("loss") for h in single.history], abs=1e-5)
+    assert [r["tokens"] for r in records[1:]] == [h["tokens"] for h in single.history[1:]]
+    card = json.loads((out / "ragqa_card.json").read_text())
+    assert card["processes"] == 2 and card["metrics"]["val_loss"] == pytest.approx(single.val_loss, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_qlora_with_bf16_compute_keeps_frozen_weights_in_bf16():
+    """peft upcasts every non-4-bit weight to fp32; with bf16 compute the frozen ones go back to bf16."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
+    from ragqa.models import load_generator
+    from ragqa.train.trainer import _frozen_back_to_bf16
+
+    model, tokenizer = load_generator("smollm2-135m", device="cpu", dtype="bfloat16", quantization="nf4")
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    upcast = model.get_memory_footprint()
+    assert torch.float32 in {p.dtype for p in model.parameters()}
+    _frozen_back_to_bf16(model, torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.uint8, torch.bfloat16}
+    assert model.get_memory_footprint() < 0.7 * upcast
+    ids = tokenizer("Scabies is", return_tensors="pt")
+    assert model(**ids).logits.dtype == torch.bfloat16

@@ -7,6 +7,8 @@ next run continues where it stopped without duplicates. The report is rebuilt fr
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -16,7 +18,7 @@ from typing import Any
 
 from ragqa.config import Config
 from ragqa.errors import RagqaError
-from ragqa.files import sha256_file
+from ragqa.files import sha256_file, write_error, write_json_atomic, write_text_atomic
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -149,21 +151,31 @@ class ResultsLog:
         return {(str(r["qid"]), str(r["config"])) for r in self.records}
 
     def append(self, record: dict) -> None:
-        """Write one record durably; a kill before the fsync loses at most this record."""
-        line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+        """Write one record durably; a kill before the fsync loses at most this record, a full disk none."""
+        line = memoryview((json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
         with open(self.path, "ab", buffering=0) as fh:  # unbuffered: the line goes out in one write()
-            fh.write(line)
-            os.fsync(fh.fileno())
+            end = fh.tell()
+            try:
+                while line:  # a short write (disk full, file-size limit) is retried to get its error
+                    written = fh.write(line)
+                    if not written:
+                        raise OSError(errno.EIO, os.strerror(errno.EIO), str(self.path))
+                    line = line[written:]
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    fh.truncate(end)  # no partial line left behind
+                raise write_error(self.path, exc.errno, "--output") from None
         self.records.append(record)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside `path`, fsync, rename into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _make_output_dir(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise RagqaError(f"--output {output} exists and is a file: give a folder path")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(output, exc.errno, "--output") from None
 
 
 def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge: str | None) -> dict[str, Any]:
@@ -185,9 +197,7 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge
 
 def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> ResultsLog:
     """Create the output folder; refuse to resume into results from a different setup."""
-    if output.exists() and not output.is_dir():
-        raise RagqaError(f"--output {output} exists and is a file: give a folder path")
-    output.mkdir(parents=True, exist_ok=True)
+    _make_output_dir(output)
     meta_path, results = output / RUN_META, output / RESULTS
     if fresh:
         results.unlink(missing_ok=True)
@@ -203,7 +213,7 @@ def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> Re
             raise RagqaError(f"{output} holds results of a different run ({', '.join(changed)} changed): "
                              "use --fresh to start over, or another --output")
     write_json_atomic(meta_path, {"fingerprint": fingerprint, "nli_judge": previous.get("nli_judge", "not run"),
-                                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2, sort_keys=True)
     return ResultsLog(results)
 
 
@@ -305,7 +315,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
         from ragqa.models import load_embedder
 
         nli, nli_note = load_nli_judge(cfg, nli_judge)
-        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note})
+        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note},
+                          indent=2, sort_keys=True)
         llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens) if judge \
             else None
         scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
@@ -332,19 +343,16 @@ def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: st
                         limit: int | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
     """recall@k and MRR@10 of every retrieval mode on the questions' gold passages; writes retrieval.md/json."""
     from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
-    from ragqa.evaluate.report import write_text_atomic
     from ragqa.retrieve import Retriever
 
     rows = load_qa(questions or STARTER_QA, limit)
+    out = Path(output)
+    _make_output_dir(out)
     retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device)
     ks = sorted({1, cfg.retrieval.k, 10})
     results = evaluate_retrieval(retriever, rows, ks=ks, rerank=cfg.retrieval.rerank, progress=progress)
-    out = Path(output)
-    if out.exists() and not out.is_dir():
-        raise RagqaError(f"--output {out} exists and is a file: give a folder path")
-    out.mkdir(parents=True, exist_ok=True)
     table = format_table(results)
-    write_json_atomic(out / "retrieval.json", results)
+    write_json_atomic(out / "retrieval.json", results, indent=2, sort_keys=True)
     write_text_atomic(out / "retrieval.md", f"# ragqa retrieval ({questions or STARTER_QA}, index {cfg.index.name})"
                                             f"\n\n{table}\n")
     print(table)

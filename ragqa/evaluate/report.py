@@ -11,13 +11,13 @@ import html
 import io
 import json
 import math
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 from ragqa.evaluate.metrics import METRICS
 from ragqa.evaluate.stats import bootstrap_ci, paired_bootstrap_pvalue
+from ragqa.files import write_files_atomic
 
 REFERENCE_CONFIG = "rag+lora"
 WORST_BY = "token_f1"
@@ -311,20 +311,6 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write UTF-8 text to a temp file beside `path`, then rename it into place."""
-    _write_atomic(path, text.encode("utf-8"))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_report(out_dir: str | Path, records: list[dict], configs: list[str], meta: dict[str, Any], *,
                  seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
     """Write summary.json, report.md, matrix.png and report.html into out_dir; returns the summary."""
@@ -333,10 +319,12 @@ def write_report(out_dir: str | Path, records: list[dict], configs: list[str], m
     summary = summarize(records, configs, seed=seed, n_resamples=n_resamples)
     markdown = render_markdown(summary, records, meta)
     png = render_png(summary)
-    _write_atomic(out / "summary.json", json.dumps({"meta": meta, **summary}, indent=2, sort_keys=True).encode())
-    _write_atomic(out / "report.md", markdown.encode())
-    _write_atomic(out / "matrix.png", png)
-    _write_atomic(out / "report.html", render_html(markdown, png).encode())
+    write_files_atomic({  # all four or none: a full disk leaves the previous report whole
+        out / "summary.json": json.dumps({"meta": meta, **summary}, indent=2, sort_keys=True).encode(),
+        out / "report.md": markdown.encode(),
+        out / "matrix.png": png,
+        out / "report.html": render_html(markdown, png).encode(),
+    })
     return summary
 
 

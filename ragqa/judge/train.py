@@ -9,9 +9,7 @@ are not padded to passage length. The result is a folder with safetensors weight
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
 import tempfile
 import time
 from collections import Counter
@@ -19,10 +17,9 @@ from pathlib import Path
 
 from ragqa import __version__
 from ragqa.errors import RagqaError
-from ragqa.files import iter_jsonl
+from ragqa.files import atomic_dir, check_writable_dir, iter_jsonl, sha256_file
 from ragqa.judge.pairs import LABELS, Pair, load_docs, make_pairs
 from ragqa.judge.registry import CARD
-from ragqa.files import sha256_file
 
 NLI_DEV = 500
 """NLI pairs kept out of training to report the dev accuracy on the card."""
@@ -120,17 +117,6 @@ def _length_grouped_sampler():
     return LengthGroupedBatchSampler
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move tmp into place; the previous result stays until the new one is complete."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def train_judge(cfg, console=None) -> Path:
     """Train per `cfg.judge` (a ragqa Config); return the judge folder."""
     from rich.console import Console
@@ -140,6 +126,7 @@ def train_judge(cfg, console=None) -> Path:
 
     console = console or Console(stderr=True)
     j = cfg.judge
+    check_writable_dir(j.output)
     rng = random.Random(j.seed)
     t0 = time.time()
 
@@ -189,9 +176,7 @@ def train_judge(cfg, console=None) -> Path:
 
     train_sets = {name: _dataset(pairs) for name, pairs in (("nli", nli_train), ("domain", domain_train)) if pairs}
     target = Path(j.output)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:  # created before training: a read-only or full folder fails early
         with tempfile.TemporaryDirectory(prefix=".judge-trainer-", dir=target.parent) as scratch:
             args = CrossEncoderTrainingArguments(
                 output_dir=scratch, num_train_epochs=j.epochs, per_device_train_batch_size=j.batch_size,
@@ -234,10 +219,6 @@ def train_judge(cfg, console=None) -> Path:
                       "threads": torch.get_num_threads()},
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     console.print(f"judge saved to {target}: NLI dev acc {metrics['nli_dev'].get('accuracy', float('nan')):.3f}, "
                   f"in-domain dev AUC {metrics['domain_dev'].get('auc_supported', float('nan')):.3f} "
                   f"({card['train']['seconds']:.0f} s)")

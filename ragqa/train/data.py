@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 from ragqa.errors import RagqaError
 from ragqa.passage import Passage
-from ragqa.files import sha256_file
+from ragqa.files import sha256_file, write_json_atomic
 
 
 @dataclass
@@ -238,18 +236,6 @@ def _cache_path(key: str) -> Path:
     return cache_dir() / "train-data" / f"{key}.json"
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_progress: bool = True) -> TrainData:
     """Load, split, add RAFT context and tokenize the configured Q&A data (cached on disk)."""
     t = cfg.train
@@ -278,7 +264,9 @@ def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_p
     train = _encode_rows(train_rows, tokenizer, retriever, cfg, progress)
     val = _encode_rows(val_rows, tokenizer, retriever, cfg, progress)
     data = TrainData(train, val, split, hashes, key)
-    _write_json_atomic(path, {"train": [vars(e) for e in train], "val": [vars(e) for e in val], "split": split})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"train": [vars(e) for e in train], "val": [vars(e) for e in val], "split": split},
+                      option="RAGQA_CACHE folder")
     return data
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from ragqa.errors import RagqaError
+from ragqa.files import atomic_dir, check_writable_dir
 from ragqa.train.adapter import check_adapter_dir, load_adapter, read_card
 
 
@@ -30,18 +29,16 @@ def export_merged(adapter: str | Path, output: str | Path, base: str | None = No
     A QLoRA adapter merges into the full-precision base: merging into 4-bit weights would re-quantize them.
     """
     from ragqa.models import load_generator
-    from ragqa.train.trainer import _replace_dir
 
     adapter, output = Path(adapter), Path(output)
-    base = base or adapter_base(adapter)
-    check_adapter_dir(adapter, base)
     if output.resolve() == adapter.resolve():
         raise RagqaError("--output must differ from the adapter directory")
+    check_writable_dir(output)
+    base = base or adapter_base(adapter)
+    check_adapter_dir(adapter, base)
     model, tokenizer = load_generator(base, device="cpu", dtype="float32")
     merged = load_adapter(model, adapter, base).merge_and_unload()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
-    try:
+    with atomic_dir(output) as tmp:
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         card = read_card(adapter) or {}
@@ -49,8 +46,4 @@ def export_merged(adapter: str | Path, output: str | Path, base: str | None = No
             {"merged_from": str(adapter), "base_model": base, "method": card.get("method"),
              "split": card.get("split"), "template_version": card.get("template_version")}, indent=2),
             encoding="utf-8")
-        _replace_dir(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output

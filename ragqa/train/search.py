@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ragqa.files import write_text_atomic
 
 
 def suggest(trial, cfg):
@@ -54,8 +54,5 @@ def run_search(cfg, n_trials: int, *, use_cache: bool = True, show_progress: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# ragqa train --search {n_trials}: best validation loss {study.best_value:.4f}\n"
               f"# trials: {len(study.trials)} ({sum(t.state.name == 'PRUNED' for t in study.trials)} pruned)\n")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
     return {**study.best_params, "val_loss": study.best_value, "trials": len(study.trials)}, path

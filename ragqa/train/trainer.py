@@ -4,6 +4,10 @@ The loop is hand-written over `accelerate` (device placement, data-parallel unde
 instead of transformers' Trainer because ragqa needs what Trainer does not give: checkpoints written
 atomically (temp dir + rename), a checkpoint on Ctrl-C, resume at the exact batch of a length-grouped
 epoch, and loss weighted by answer tokens across gradient-accumulation steps.
+
+Under N processes (`accelerate launch`, `ragqa train --launcher accelerate`) process i takes micro-batches
+i, i+N, ... of the same order, so one optimizer step sees batch_size x grad_accum x N examples; only the
+main process writes checkpoints, the adapter, its card and metrics, and shows progress.
 """
 
 from __future__ import annotations
@@ -11,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+from ragqa.files import atomic_dir, check_writable_dir
 from ragqa.train.adapter import CARD
 from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
 
@@ -58,25 +61,12 @@ def peak_rss_mb() -> float:
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished temp dir into place; the previous result survives until the new one is in."""
-    if target.exists():
-        if not target.is_dir():
-            raise RagqaError(f"output {target} exists and is not a directory: remove it or choose --output")
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
-def _resume_signature(cfg, data: TrainData) -> dict[str, Any]:
+def _resume_signature(cfg, data: TrainData, processes: int) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed by this run."""
     t = cfg.train
     return {"data": data.cache_key, "method": t.method, "base": cfg.model.base, "lora": cfg.lora.model_dump(),
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "seed": t.seed,
-            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler}
+            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler, "processes": processes}
 
 
 class Trainer:
@@ -113,8 +103,9 @@ class Trainer:
         self.device = str(self.accelerator.device) if device != "cpu" else "cpu"
         torch.manual_seed(t.seed)
         self.tokenizer = load_tokenizer(self.cfg.model.base)
-        self.data = build_data(self.cfg, self.tokenizer, use_cache=self.use_cache, retriever=self.retriever,
-                               show_progress=self.show_progress and self.accelerator.is_main_process)
+        with self.accelerator.main_process_first():  # the main process tokenizes and caches, the others read
+            self.data = build_data(self.cfg, self.tokenizer, use_cache=self.use_cache, retriever=self.retriever,
+                                   show_progress=self.show_progress and self.accelerator.is_main_process)
         if not self.data.train:
             raise RagqaError("train.data: no training examples left after the split; "
                              "add data or lower train.val_fraction")
@@ -135,7 +126,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
 
     def _load_model(self):
-        from ragqa.models import load_generator
+        from ragqa.models import load_generator, resolve_dtype
 
         t, m = self.cfg.train, self.cfg.model
         quantization = "nf4" if t.method == "qlora" else None
@@ -146,6 +137,7 @@ class Trainer:
 
         if quantization:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+            _frozen_back_to_bf16(model, resolve_dtype(m.dtype, self.device))
         elif t.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.enable_input_require_grads()
@@ -161,7 +153,7 @@ class Trainer:
 
     # ------------------------------------------------------------ loss
 
-    def _micro_loss(self, batch, n_tokens: int):
+    def _micro_loss(self, batch, n_tokens: float):
         """Sum of answer-token losses of a micro-batch divided by the answer tokens of its whole step.
 
         Logits are computed only for the batch's answer span (see data.collate), not the whole prompt.
@@ -207,9 +199,8 @@ class Trainer:
 
         if not self.checkpoints or not self.accelerator.is_main_process:
             return None
-        self.ckpt_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:07d}-", dir=self.ckpt_root))
-        try:
+        target = self.ckpt_root / f"step-{step:07d}"
+        with atomic_dir(target, prefix=f".step-{step:07d}-") as tmp:
             model = self.accelerator.unwrap_model(self.model)
             weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
             save_file(weights, str(tmp / "adapter_model.safetensors"))
@@ -222,13 +213,6 @@ class Trainer:
             state = {"step": step, "micro": micro, "history": self.history, "signature": self.signature,
                      "total_steps": self.total_steps}
             (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
-            target = self.ckpt_root / f"step-{step:07d}"
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         kept = sorted(p for p in self.ckpt_root.glob("step-*"))
         # Older checkpoints, and temp dirs left by a save that was killed, go.
         for old in [*kept[: -self.cfg.train.keep_checkpoints], *self.ckpt_root.glob(".step-*")]:
@@ -276,13 +260,15 @@ class Trainer:
 
     def run(self) -> TrainResult:
         start = time.perf_counter()
+        if self.save_output:
+            check_writable_dir(self.output)  # a file in the way or a read-only folder fails now, not after training
         self._setup()
-        self.signature = _resume_signature(self.cfg, self.data)
+        self.signature = _resume_signature(self.cfg, self.data, self.nproc)
         if self.cfg.train.method == "none":
             val = self.evaluate()
             self.history.append({"step": 0, "val_loss": val})
             result = TrainResult(None, 0, None, val, val, time.perf_counter() - start, self.history)
-            if self.save_output:
+            if self.save_output and self.accelerator.is_main_process:
                 result.output = self._write_output(result)
             return result
         step, micro = self._load_checkpoint() if self.resume else (0, 0)
@@ -305,48 +291,72 @@ class Trainer:
         last_train = next((h["loss"] for h in reversed(self.history) if "loss" in h), None)
         last_val = next((h["val_loss"] for h in reversed(self.history) if h.get("val_loss") is not None), base_val)
         interrupted = False
+        # On a GPU, reading a step's loss right away would wait for its kernels and leave the GPU idle
+        # while Python prepares the next step: there each record is completed (loss read, logged) one
+        # step late, when its kernels are done. Evaluation, checkpoints and the end complete it at once.
+        lag = self.accelerator.device.type != "cpu"
+        pending = None  # the record whose loss is still a device tensor
+
+        def finish(record: dict) -> float:
+            record["loss"] = self._sum_over_processes(float(record["loss"]))[0] / max(1, record["answer_tokens"])
+            self._log(writer, record)
+            return record["loss"]
+
         try:
             with bar:
                 while step < self.total_steps:
                     tick = time.perf_counter()
                     group = [next(batches) for _ in range(t.grad_accum)]
-                    n_answer = sum(e.answer_tokens for _, chunk in group for e in chunk)
-                    n_tokens = sum(len(e.input_ids) for _, chunk in group for e in chunk)
+                    n_answer, n_tokens = (round(n) for n in self._sum_over_processes(
+                        sum(e.answer_tokens for _, chunk in group for e in chunk),
+                        sum(len(e.input_ids) for _, chunk in group for e in chunk)))
                     loss_total = 0.0
                     for i, (_, chunk) in enumerate(group):
                         batch = _to(collate(chunk, self.tokenizer.pad_token_id), self.accelerator.device)
                         sync = i == len(group) - 1
                         with contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model):
-                            loss, loss_sum = self._micro_loss(batch, n_answer)
+                            # Data parallel averages the processes' gradients: dividing by the step's answer
+                            # tokens over all processes / nproc makes the loss token-weighted over the whole step.
+                            loss, loss_sum = self._micro_loss(batch, n_answer / self.nproc)
                             self.accelerator.backward(loss)
-                        loss_total += float(loss_sum)
+                        loss_total = loss_total + loss_sum  # a device tensor: reading it would sync
                     self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
                     lr = self.scheduler.get_last_lr()[0]
-                    last_train = loss_total / max(1, n_answer)
-                    record = {"step": step + 1, "loss": last_train, "lr": lr, "tokens": n_tokens,
+                    record = {"step": step + 1, "loss": loss_total, "lr": lr, "tokens": n_tokens,
                               "answer_tokens": n_answer}
                     # Weights, step, data position and history advance together (a Ctrl-C checkpoint
                     # taken at any later point of this step is consistent).
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                    step, micro = step + 1, group[-1][0] + 1
+                    # Every process has consumed its share of this round of nproc micro-batches.
+                    step, micro = step + 1, group[-1][0] - self.accelerator.process_index + self.nproc
+                    if pending is not None:
+                        last_train, pending = finish(pending), None
                     elapsed = time.perf_counter() - tick
                     record.update(tokens_per_s=n_tokens / elapsed, answer_tokens_per_s=n_answer / elapsed,
                                   epoch=micro / self.per_epoch)
                     self.history.append(record)
-                    if step % t.eval_every == 0 or step == self.total_steps:
+                    evaluate = step % t.eval_every == 0 or step == self.total_steps
+                    save = step % t.save_every == 0 and step < self.total_steps
+                    stop = self.stop_after is not None and step >= self.stop_after and step < self.total_steps
+                    if evaluate:
                         last_val = record["val_loss"] = self.evaluate()
                         self._report_trial(step, last_val)
-                    self._log(writer, record)
+                    if lag and not (evaluate or save or stop):
+                        pending = record
+                    else:
+                        last_train = finish(record)
                     bar.update(step, last_train, lr, n_tokens / elapsed, last_val)
-                    if step % t.save_every == 0 and step < self.total_steps:
+                    if save:
                         self._save_checkpoint(step, micro)
-                    if self.stop_after is not None and step >= self.stop_after and step < self.total_steps:
+                    if stop:
                         self._save_checkpoint(step, micro)
                         interrupted = True
                         break
         except KeyboardInterrupt:
+            if pending is not None:
+                finish(pending)
             if step > 0 and self.checkpoints:
                 path = self._save_checkpoint(step, micro)
                 if path:
@@ -357,6 +367,15 @@ class Trainer:
                 writer.close()
         return TrainResult(None, step, last_train, last_val, base_val, time.perf_counter() - start,
                            self.history, interrupted)
+
+    def _sum_over_processes(self, *values: float) -> list[float]:
+        """Each value summed over the data-parallel processes (unchanged in a single process)."""
+        import torch
+
+        if self.nproc == 1:
+            return [float(v) for v in values]  # no device round trip (a GPU sync) per step
+        local = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        return self.accelerator.reduce(local, reduction="sum").tolist()
 
     def _report_trial(self, step: int, val: float | None) -> None:
         if self.trial is None or val is None:
@@ -391,9 +410,7 @@ class Trainer:
         from ragqa.models import generator_dir
         from ragqa.prompt import TEMPLATE_VERSION
 
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}-", dir=self.output.parent))
-        try:
+        with atomic_dir(self.output) as tmp:
             if self.cfg.train.method != "none":
                 model = self.accelerator.unwrap_model(self.model)
                 model.save_pretrained(str(tmp), safe_serialization=True)
@@ -429,18 +446,38 @@ class Trainer:
                 "peak_cuda_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                  if torch.cuda.is_available() else None),
                 "device": self.device,
+                "processes": self.nproc,
             }
             (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
             (tmp / "README.md").write_text(_model_card(card), encoding="utf-8")
-            _replace_dir(tmp, self.output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return self.output
 
 
+def _frozen_back_to_bf16(model, compute_dtype) -> None:
+    """With bf16 compute, put the frozen weights that prepare_model_for_kbit_training upcast back in bf16.
+
+    peft upcasts every non-4-bit weight (embeddings, norms, LM head, biases) to fp32, a guard meant for fp16.
+    With bf16 it doubles their memory and makes every activation fp32: QLoRA then took 1.9x the peak GPU
+    memory of LoRA (SmolLM2-135M on an H200). They are frozen, so no optimizer precision is at stake, and
+    the RMS norms compute in fp32 internally anyway. fp32 compute (the CPU recipes) is left as it is.
+    """
+    import torch
+
+    if compute_dtype != torch.bfloat16:
+        return
+    for param in model.parameters():
+        if not param.requires_grad and param.dtype == torch.float32:
+            param.data = param.data.to(torch.bfloat16)
+
+
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
-    return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    """The batch on `device`. To a GPU through pinned memory without blocking: a plain copy from pageable
+    memory waits for every kernel already queued, so Python could not prepare the next step meanwhile."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
@@ -522,9 +559,10 @@ class _Bar:
         if self.enabled:
             self.progress.__exit__(*exc)
 
-    def update(self, step: int, loss: float, lr: float, tps: float, val: float | None) -> None:
+    def update(self, step: int, loss: float | None, lr: float, tps: float, val: float | None) -> None:
         if self.enabled:
-            self.progress.update(self.task, completed=step, loss=f"{loss:.3f}", lr=f"{lr:.2e}", tps=f"{tps:.0f}",
+            self.progress.update(self.task, completed=step, loss="-" if loss is None else f"{loss:.3f}",
+                                 lr=f"{lr:.2e}", tps=f"{tps:.0f}",
                                  val="-" if val is None else f"{val:.3f}")
 
 
