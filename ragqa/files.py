@@ -105,6 +105,17 @@ def check_writable_dir(target: str | Path, option: str = "--output") -> None:
         raise write_error(target, exc.errno, option) from None
 
 
+def make_dir(target: str | Path, option: str = "--output") -> None:
+    """Create directory `target` (and its parents) for outputs written into it one file at a time; a file in
+    the way, a read-only folder or a full disk is a one-line error naming `option`."""
+    target = Path(target)
+    _check_not_a_file(target, option)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(target, exc.errno, option) from None
+
+
 def _check_not_a_file(target: Path, option: str) -> None:
     for p in (target, *target.parents):
         if p.exists() or p.is_symlink():
@@ -164,19 +175,14 @@ def write_files_atomic(files: dict[Path, bytes], *, option: str = "--output") ->
         raise
 
 
-def write_bytes_atomic(path: str | Path, data: bytes, *, option: str = "--output") -> None:
-    """Write `data` to a temp file beside `path`, fsync, rename into place; nothing is left on failure."""
-    write_files_atomic({Path(path): data}, option=option)
-
-
 def write_text_atomic(path: str | Path, text: str, *, option: str = "--output") -> None:
-    """Write UTF-8 text atomically (see write_bytes_atomic)."""
-    write_bytes_atomic(path, text.encode("utf-8"), option=option)
+    """Write UTF-8 text to a temp file beside `path`, fsync, rename into place (see write_files_atomic)."""
+    write_files_atomic({Path(path): text.encode("utf-8")}, option=option)
 
 
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = None, sort_keys: bool = False,
                       option: str = "--output") -> None:
-    """Write `obj` as JSON atomically (see write_bytes_atomic)."""
+    """Write `obj` as JSON atomically (see write_text_atomic)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=sort_keys), option=option)
 
 

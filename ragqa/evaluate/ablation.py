@@ -18,7 +18,7 @@ from typing import Any
 
 from ragqa.config import Config
 from ragqa.errors import RagqaError
-from ragqa.files import sha256_file, write_error, write_json_atomic, write_text_atomic
+from ragqa.files import make_dir, sha256_file, write_error, write_json_atomic, write_text_atomic
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -169,15 +169,6 @@ class ResultsLog:
         self.records.append(record)
 
 
-def _make_output_dir(output: Path) -> None:
-    if output.exists() and not output.is_dir():
-        raise RagqaError(f"--output {output} exists and is a file: give a folder path")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_error(output, exc.errno, "--output") from None
-
-
 def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge: str | None) -> dict[str, Any]:
     """What must not change between a run and its resume (results would otherwise mix two setups)."""
     return {
@@ -197,7 +188,7 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge
 
 def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> ResultsLog:
     """Create the output folder; refuse to resume into results from a different setup."""
-    _make_output_dir(output)
+    make_dir(output)
     meta_path, results = output / RUN_META, output / RESULTS
     if fresh:
         results.unlink(missing_ok=True)
@@ -347,7 +338,7 @@ def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: st
 
     rows = load_qa(questions or STARTER_QA, limit)
     out = Path(output)
-    _make_output_dir(out)
+    make_dir(out)
     retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device)
     ks = sorted({1, cfg.retrieval.k, 10})
     results = evaluate_retrieval(retriever, rows, ks=ks, rerank=cfg.retrieval.rerank, progress=progress)

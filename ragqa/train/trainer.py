@@ -475,9 +475,12 @@ def _to(batch: dict[str, Any], device) -> dict[str, Any]:
     memory waits for every kernel already queued, so Python could not prepare the next step meanwhile."""
     import torch
 
-    if torch.device(device).type != "cuda":
-        return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-    return {k: v.pin_memory().to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+    cuda = torch.device(device).type == "cuda"
+
+    def move(v):
+        return v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)
+
+    return {k: move(v) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
 def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
