@@ -151,48 +151,73 @@ class Pipeline:
         on_token: Callable[[str], None] | None = None,
     ) -> Answer:
         """Answer one question; on_token receives text pieces as they are generated."""
+        return self.answer_batch([question], retrieval, k, use_adapter, disclaimer, on_token)[0]
+
+    def answer_batch(
+        self,
+        questions: list[str],
+        retrieval: str | None = None,
+        k: int | None = None,
+        use_adapter: bool = True,
+        disclaimer: bool | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> list[Answer]:
+        """Answer several questions: retrieval one by one, then one left-padded `generate` call for all that
+        do not abstain (eval uses it: ~2.5x the answers per second of one at a time on 2 CPU cores at 16).
+        Greedy tokens can differ from a lone question's where padding changes float rounding. on_token
+        streams text pieces and needs a single question."""
         mode = retrieval or self.cfg.retrieval.mode
         if mode not in RETRIEVAL_MODES:
             raise RagqaError(f"retrieval mode '{mode}' is not one of {', '.join(RETRIEVAL_MODES)}")
+        if on_token is not None and len(questions) != 1:
+            raise ValueError("on_token streams one answer: pass a single question")
         k = k or self.cfg.retrieval.k
-        question = clean_question(question)
+        questions = [clean_question(q) for q in questions]
         if mode != "none":
             self.retriever  # noqa: B018 - load before timing retrieval, so load time is reported apart
-        timings: dict[str, float] = {"load_s": round(self._unreported_load_s, 4)}
-        self._unreported_load_s = 0.0
-        start = time.perf_counter()
-        passages = self.retrieve(question, mode, k)
-        timings["retrieve_s"] = round(time.perf_counter() - start, 4)
-        use_adapter = use_adapter and self.adapter is not None
+        load_s, self._unreported_load_s = self._unreported_load_s, 0.0
+        adapter = self.adapter if use_adapter and self.adapter is not None else None
         add_disclaimer = self.cfg.ask.disclaimer if disclaimer is None else disclaimer
         note = DISCLAIMER if add_disclaimer else None
 
-        if mode != "none" and self.should_abstain(passages):
-            timings["total_s"] = timings["retrieve_s"]
-            return Answer(question, ABSTAIN_TEXT, passages, [], 0, True, mode,
-                          self.adapter if use_adapter else None, timings, note)
+        answers: list[Answer | None] = [None] * len(questions)
+        to_generate: list[tuple[int, list[Passage], dict[str, float]]] = []
+        for i, question in enumerate(questions):
+            start = time.perf_counter()
+            passages = self.retrieve(question, mode, k)
+            timings = {"load_s": round(load_s if i == 0 else 0.0, 4),
+                       "retrieve_s": round(time.perf_counter() - start, 4)}
+            if mode != "none" and self.should_abstain(passages):
+                timings["total_s"] = timings["retrieve_s"]
+                answers[i] = Answer(question, ABSTAIN_TEXT, passages, [], 0, True, mode, adapter, timings, note)
+            else:
+                to_generate.append((i, passages, timings))
+        if to_generate:
+            prompts = [self.prompt_for(questions[i], passages, mode) for i, passages, _ in to_generate]
+            generated = self._generate(prompts, adapter is not None, on_token)
+            for (i, passages, timings), (raw, gen_timings) in zip(to_generate, generated, strict=True):
+                timings.update(gen_timings)
+                timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"], 4)
+                cleaned = clean_citations(raw, len(passages))
+                answers[i] = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
+                                    mode, adapter, timings, note)
+        return answers
 
-        raw, gen_timings = self._generate(self.prompt_for(question, passages, mode), use_adapter, on_token)
-        timings.update(gen_timings)
-        timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"], 4)
-        cleaned = clean_citations(raw, len(passages))
-        return Answer(question, cleaned.text, passages, cleaned.cited, cleaned.removed, False, mode,
-                      self.adapter if use_adapter else None, timings, note)
-
-    def _generate(self, prompt: str, use_adapter: bool, on_token) -> tuple[str, dict[str, float]]:
+    def _generate(self, prompts: list[str], use_adapter: bool, on_token) -> list[tuple[str, dict[str, float]]]:
+        """Generate for the prompts: a lone prompt streams (on_token, time to first token), several run as one
+        left-padded batch. Returns (text, timings) per prompt; a batch's generate_s is each answer's share."""
         import contextlib
 
         import torch
         from transformers import TextIteratorStreamer
 
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                             add_special_tokens=False).to(self.model.device)
         temperature = self.cfg.ask.temperature
         kwargs = dict(
             **enc,
             max_new_tokens=self.cfg.ask.max_new_tokens,
             do_sample=temperature > 0,
-            streamer=streamer,
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=1.1,
         )
@@ -207,37 +232,55 @@ class Pipeline:
         adapter_off = (
             self.model.disable_adapter() if (self.adapter and not use_adapter) else contextlib.nullcontext()
         )
-        result: dict = {}
 
-        def run() -> None:
-            try:
-                with torch.inference_mode(), adapter_off:
-                    result["ids"] = self.model.generate(**kwargs)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
-                result["error"] = exc
-                streamer.end()
+        def generate(**extra):
+            with torch.inference_mode(), adapter_off:
+                return self.model.generate(**kwargs, **extra)
 
         start = time.perf_counter()
-        thread = threading.Thread(target=run, daemon=True)
-        thread.start()
-        pieces: list[str] = []
         first = None
-        for piece in streamer:
-            if first is None and piece:
-                first = time.perf_counter() - start
-            pieces.append(piece)
-            if on_token:
-                on_token(piece)
-        thread.join()
-        if "error" in result:
-            raise result["error"]
+        if len(prompts) == 1:
+            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            result: dict = {}
+
+            def run() -> None:
+                try:
+                    result["ids"] = generate(streamer=streamer)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+                    result["error"] = exc
+                    streamer.end()
+
+            thread = threading.Thread(target=run, daemon=True)
+            thread.start()
+            for piece in streamer:
+                if first is None and piece:
+                    first = time.perf_counter() - start
+                if on_token:
+                    on_token(piece)
+            thread.join()
+            if "error" in result:
+                raise result["error"]
+            ids = result["ids"]
+        else:
+            ids = generate()
         elapsed = time.perf_counter() - start
-        new_tokens = int(result["ids"].shape[1] - enc["input_ids"].shape[1])
-        decode_s = max(elapsed - (first or elapsed), 1e-9)
-        return "".join(pieces).strip(), {
-            "prompt_tokens": int(enc["input_ids"].shape[1]),
-            "new_tokens": new_tokens,
-            "ttft_s": round(first if first is not None else elapsed, 4),
-            "generate_s": round(elapsed, 4),
-            "tokens_per_s": round(max(new_tokens - 1, 0) / decode_s, 3),
-        }
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        width = enc["input_ids"].shape[1]
+        rows = []
+        for row in range(len(prompts)):
+            new = ids[row, width:].tolist()
+            # Finished rows of a batch are padded after their end token: count up to it.
+            n = next((j + 1 for j, token in enumerate(new) if token in eos), len(new))
+            rows.append((new[:n], int(enc["attention_mask"][row].sum())))
+        total_new = sum(len(new) for new, _ in rows)
+        if first is not None:  # streamed: decode speed after the first token
+            speed = max(total_new - 1, 0) / max(elapsed - first, 1e-9)
+        else:  # batch: generated tokens per second of the whole call
+            speed = total_new / max(elapsed, 1e-9)
+        shared = {"generate_s": round(elapsed / len(prompts), 4), "tokens_per_s": round(speed, 3),
+                  "batch_size": len(prompts)}
+        if len(prompts) == 1:  # a batch has no per-answer first token
+            shared["ttft_s"] = round(first if first is not None else elapsed, 4)
+        return [(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                 {"prompt_tokens": prompt_tokens, "new_tokens": len(new), **shared}) for new, prompt_tokens in rows]

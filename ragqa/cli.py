@@ -193,10 +193,11 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
 @click.option("--configs", default="base,lora,rag,rag+lora", show_default=True,
               help="Comma-separated rows: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid (+lora).")
 @click.option("--limit", type=int, help="Evaluate only the first N questions.")
+@click.option("--sample", type=int, help="Evaluate N questions drawn at random (seeded by --seed), in file order.")
 @click.option("--output", default="eval/reports/default", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (results.jsonl, report.md, report.html, matrix.png, summary.json).")
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the bootstrap resampling (answers are greedy).")
+              help="Seed of --sample and of the bootstrap resampling (answers are greedy).")
 @click.option("--judge", help="LLM judge for ragas' LLM metrics: local:NAME or openai:MODEL (default: none).")
 @click.option("--judge-base-url", help="Base URL of an OpenAI-compatible server (vLLM, Ollama) for --judge openai:.")
 @click.option("--nli-judge", help="NLI faithfulness judge name or path; 'none' to skip (default: the trained one).")
@@ -209,7 +210,7 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
 @click.option("--k", type=int, help="Passages to retrieve.")
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, output, seed, judge,
+def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, sample, output, seed, judge,
              judge_base_url, nli_judge, exclude_trained, fresh, n_resamples, retrieval_only, k, retrieval,
              quiet) -> None:
     """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
@@ -223,8 +224,8 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
         return
     from ragqa.evaluate.ablation import evaluate
 
-    summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, output=output,
-                       seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
+    summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, sample=sample,
+                       output=output, seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
                        exclude_trained=exclude_trained, fresh=fresh, progress=not quiet)
     click.echo(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
                f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "

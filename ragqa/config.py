@@ -181,6 +181,9 @@ class EvalSettings(_Section):
     """LLM-judged ragas metrics to run when --judge is given (fewer = faster with a slow local judge)."""
     bootstrap: int = Field(2000, ge=100)
     """Bootstrap resamples for the 95% CIs and the paired p-values."""
+    batch_size: int = Field(16, gt=0)
+    """Questions generated together (left-padded): ~2.6x the answers per second of one at a time on 2 CPU
+    cores (160 new tokens, RAG prompts); 1 gives `ragqa ask`'s tokens exactly."""
 
 
 class Config(_Section):

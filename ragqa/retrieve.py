@@ -111,11 +111,28 @@ class Retriever:
         return [self._passage(row) for row in self._by_doc.get(doc_id, [])]
 
     def embed_query(self, query: str) -> np.ndarray:
-        return self.embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False)[0].astype(np.float32)
+        """The query's normalized embedding: the vector `encode` gives, sooner. One short input needs none of
+        encode's batching (length sorting, chunking, numpy round trips), so the modules run directly under
+        inference_mode: 11.8 vs 13.1 ms p50 on 2 cores (quiet; one thread was slower, 14.8 ms)."""
+        import torch
+
+        features = {k: v.to(self.embedder.device) if hasattr(v, "to") else v
+                    for k, v in self.embedder.preprocess([query]).items()}
+        with torch.inference_mode():
+            vec = self.embedder(features)["sentence_embedding"][0].float().cpu().numpy()
+        return (vec / max(float(np.linalg.norm(vec)), 1e-12)).astype(np.float32)
 
     def _dense(self, qvec: np.ndarray, n: int) -> list[tuple[int, float]]:
-        scores, ids = self._faiss.search(qvec[None, :], n)
+        import faiss
+
+        # One query over a flat index: FAISS's OpenMP split over 2 threads cost more than it saved
+        # (28k chunks: 4.9 -> 3.3 ms p50); HNSW searches one query on one thread anyway.
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            scores, ids = self._faiss.search(qvec[None, :], n)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
 
     def _bm25_ranked(self, query: str, n: int) -> list[tuple[int, float]]:

@@ -126,3 +126,19 @@ def test_int8_quantization_answers_with_int8_layers(starter_index):
     assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
     ans = pipe.answer("What causes cold sores?")
     assert not ans.abstained and ans.answer and ans.timings["new_tokens"] > 0
+
+
+def test_batch_answers_keep_order_abstain_and_match_single_answers(pipeline):
+    questions = ["How is scabies treated?", "What is the capital of France?", "What causes cold sores?"]
+    batch = pipeline.answer_batch(questions)
+    assert [a.question for a in batch] == questions
+    assert [a.abstained for a in batch] == [False, True, False]
+    assert "generate_s" not in batch[1].timings  # the off-topic question never reached the model
+    for ans in (batch[0], batch[2]):
+        assert ans.timings["batch_size"] == 2 and 0 < ans.timings["new_tokens"] <= 48
+    # Left padding and the attention mask keep each row's greedy answer the one it gets alone (fp32 here; other
+    # float setups may round differently and drift late in an answer).
+    assert batch[0].answer == pipeline.answer(questions[0]).answer
+    assert batch[2].answer == pipeline.answer(questions[2]).answer
+    with pytest.raises(ValueError, match="single question"):
+        pipeline.answer_batch(questions, on_token=print)

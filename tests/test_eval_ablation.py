@@ -57,6 +57,22 @@ def test_training_questions_are_refused_or_dropped(tmp_path):
     assert len(everything) == len(rows) == 123
 
 
+def test_sample_is_seeded_in_file_order_and_spread_over_the_file():
+    rows = load_questions(QA)
+    ids = [r["id"] for r in rows]
+
+    def pick(seed):
+        return [r["id"] for r in select_questions(rows, None, default_set=False, exclude_trained=False, limit=None,
+                                                  sample=20, seed=seed)[0]]
+
+    first, again, other = pick(0), pick(0), pick(1)
+    assert len(first) == 20 and first == again and first != other
+    assert first == sorted(first, key=ids.index)  # file order kept
+    assert first != ids[:20] and ids.index(first[-1]) > 60  # drawn from the whole file, not its head
+    everything, _ = select_questions(rows, None, default_set=False, exclude_trained=False, limit=None, sample=500)
+    assert everything == rows  # a sample larger than the set is the set
+
+
 def test_cli_refuses_trained_questions_before_loading_models(tmp_path):
     rows = load_questions(QA)
     adapter = _adapter(tmp_path, train=[rows[0]["id"]], val=[r["id"] for r in rows[1:]])
@@ -74,7 +90,10 @@ class ExtractivePipeline:
         self.calls: list[tuple[str, str]] = []
         self.by_question = {r["question"]: r for r in load_questions(QA)}
 
-    def answer(self, question, retrieval, use_adapter, disclaimer):
+    def answer_batch(self, questions, retrieval, use_adapter, disclaimer):
+        return [self.answer(q, retrieval) for q in questions]
+
+    def answer(self, question, retrieval):
         from types import SimpleNamespace
 
         row = self.by_question[question]

@@ -57,6 +57,14 @@ def test_modes_scores_and_dense_cosine_everywhere(retriever, embedder):
         assert all(p.score == p.scores[key] for p in res)
 
 
+def test_query_embedding_is_encodes_vector(retriever, embedder):
+    for query in (QUERY, "psoriasis", "x" * 3000):  # long input: truncated like encode truncates it
+        expected = embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
+        got = retriever.embed_query(query)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-5
+
+
 def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(retriever):
     n = len(retriever)
     dense = [p.chunk_id for p in retriever.retrieve(QUERY, k=n, mode="dense")]

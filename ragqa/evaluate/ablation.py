@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,9 @@ def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
 
 
 def select_questions(rows: list[dict], adapter: str | None, *, default_set: bool, exclude_trained: bool,
-                     limit: int | None) -> tuple[list[dict], dict[str, Any]]:
-    """Apply the training-split guard, the held-out default and --limit; returns (rows, notes)."""
+                     limit: int | None, sample: int | None = None, seed: int = 0) -> tuple[list[dict], dict[str, Any]]:
+    """Apply the training-split guard, the held-out default, --sample (N at random, seeded, in file order)
+    and --limit; returns (rows, notes)."""
     split = adapter_split(adapter)
     notes: dict[str, Any] = {"excluded_trained": 0}
     if adapter and split is None:
@@ -104,6 +106,9 @@ def select_questions(rows: list[dict], adapter: str | None, *, default_set: bool
             )
         notes["excluded_trained"] = len(overlap)
         rows = [r for r in rows if r["id"] not in trained]
+    if sample is not None and sample < len(rows):
+        keep = set(random.Random(seed).sample(range(len(rows)), sample))
+        rows = [r for i, r in enumerate(rows) if i in keep]
     if limit is not None:
         rows = rows[:limit]
     if not rows:
@@ -183,6 +188,7 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge
         "retrieval": cfg.retrieval.model_dump(mode="json"),
         "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")},
         "judge": judge,
+        "batch_size": cfg.eval.batch_size,
     }
 
 
@@ -250,44 +256,55 @@ def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: Re
         tasks = {c.name: bar.add_task(c.name, total=len(rows), completed=len(rows) - len(pending[c.name]))
                  for c in configs}
         for config in configs:
-            for row in pending[config.name]:
-                record = answer_record(pipe, row, config)
-                record["scores"], record["failures"] = scorer.score(row, record)
-                log.append(record)
-                bar.advance(tasks[config.name])
+            todo = pending[config.name]
+            for at in range(0, len(todo), cfg.eval.batch_size):
+                batch = todo[at:at + cfg.eval.batch_size]
+                for row, record in zip(batch, answer_records(pipe, batch, config), strict=True):
+                    record["scores"], record["failures"] = scorer.score(row, record)
+                    log.append(record)
+                    bar.advance(tasks[config.name])
     return total
 
 
-def answer_record(pipe, row: dict, config: EvalConfig) -> dict[str, Any]:
-    """Run one question through one configuration; a question the pipeline refuses becomes an error record."""
-    base = {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
-            "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
-            "adapter": config.use_adapter}
+def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
+    """Run questions through one configuration as one batch; a question the pipeline refuses becomes an error
+    record (the batch is then answered one by one, so one bad question never costs the others)."""
     try:
-        ans = pipe.answer(row["question"], retrieval=config.retrieval, use_adapter=config.use_adapter,
-                          disclaimer=False)
+        answers = pipe.answer_batch([r["question"] for r in rows], retrieval=config.retrieval,
+                                    use_adapter=config.use_adapter, disclaimer=False)
     except RagqaError as exc:
-        return {**base, "answer": "", "passages": [], "citations": [], "abstained": False, "timings": {},
-                "error": str(exc)}
-    return {**base, "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
-            "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
-            "error": None}
-
+        if len(rows) > 1:
+            return [record for row in rows for record in answer_records(pipe, [row], config)]
+        answers = [exc]
+    records = []
+    for row, ans in zip(rows, answers, strict=True):
+        base = {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
+                "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
+                "adapter": config.use_adapter}
+        if isinstance(ans, RagqaError):
+            records.append({**base, "answer": "", "passages": [], "citations": [], "abstained": False,
+                            "timings": {}, "error": str(ans)})
+        else:
+            records.append({**base, "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
+                            "citations": list(ans.citations), "abstained": bool(ans.abstained),
+                            "timings": dict(ans.timings), "error": None})
+    return records
 
 
 def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None = None,
-             configs: str = DEFAULT_CONFIGS, limit: int | None = None, output: str | Path = "eval/reports/default",
-             seed: int = 0, judge: str | None = None, judge_base_url: str | None = None,
-             nli_judge: str | None = None, exclude_trained: bool = False, fresh: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             configs: str = DEFAULT_CONFIGS, limit: int | None = None, sample: int | None = None,
+             output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
+             judge_base_url: str | None = None, nli_judge: str | None = None, exclude_trained: bool = False,
+             fresh: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the matrix and write the report; returns the summary with `paths`."""
     from ragqa.evaluate import report
 
     adapter = None if adapter in (None, "", "none") else adapter
     if adapter and not Path(adapter).is_dir():
         raise RagqaError(f"--adapter {adapter}: not found (train one with `ragqa train --output {adapter}`)")
-    if limit is not None and limit <= 0:
-        raise RagqaError(f"--limit must be positive (got {limit})")
+    for flag, value in (("--limit", limit), ("--sample", sample)):
+        if value is not None and value <= 0:
+            raise RagqaError(f"{flag} must be positive (got {value})")
     plan = parse_configs(configs, cfg.retrieval.mode)
     if any(c.use_adapter for c in plan) and not adapter:
         names = ", ".join(c.name for c in plan if c.use_adapter)
@@ -295,7 +312,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
                          "(train one with `ragqa train`) or drop them, e.g. --configs base,rag")
     questions_path = questions or STARTER_QA
     rows, notes = select_questions(load_questions(questions_path), adapter, default_set=questions is None,
-                                   exclude_trained=exclude_trained, limit=limit)
+                                   exclude_trained=exclude_trained, limit=limit, sample=sample, seed=seed)
     output = Path(output)
     log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
     meta_path = output / RUN_META
@@ -318,6 +335,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     records = report.group_records(log.records, {r["id"] for r in rows}, names)
     meta = {"question file": str(questions_path) + (" (held-out split of the adapter)" if questions is None and adapter
                                                 else ""),
+            "questions asked": f"{len(rows)}" + (f" (random sample, seed {seed})" if sample else "")
+            + (f" (first {limit})" if limit else ""),
             "adapter": adapter or "none", "model": cfg.model.base, "index": cfg.index.name,
             "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
             "nli_judge": nli_note, "excluded_trained": notes["excluded_trained"]}

@@ -205,7 +205,9 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
     for c, lat in summary["latency"].items():
         lines.append(f"| {c} | {_fmt(lat['total_s'])} | {_fmt(lat['retrieve_s'])} | {_fmt(lat['generate_s'])} "
                      f"| {_fmt(lat['tokens_per_s'], 1)} |")
-    lines += ["", f"## Worst 5 answers per configuration (lowest {WORST_BY})", ""]
+    lines += ["", "Answers are generated in batches (`eval.batch_size`): generate is each answer's share of its "
+              "batch, tokens/s the batch's generated tokens per second.", "",
+              f"## Worst 5 answers per configuration (lowest {WORST_BY})", ""]
     for config in configs:
         lines += [f"### {config}", ""]
         for r in worst_answers(records, config):
