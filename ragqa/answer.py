@@ -163,7 +163,7 @@ class Pipeline:
         on_token: Callable[[str], None] | None = None,
     ) -> list[Answer]:
         """Answer several questions: retrieval one by one, then one left-padded `generate` call for all that
-        do not abstain (eval uses it: ~2.5x the answers per second of one at a time on 2 CPU cores at 16).
+        do not abstain (eval uses it: ~2.6x the answers per second of one at a time on 2 CPU cores at 16).
         Greedy tokens can differ from a lone question's where padding changes float rounding. on_token
         streams text pieces and needs a single question."""
         mode = retrieval or self.cfg.retrieval.mode

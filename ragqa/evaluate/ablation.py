@@ -275,20 +275,17 @@ def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str,
     except RagqaError as exc:
         if len(rows) > 1:
             return [record for row in rows for record in answer_records(pipe, [row], config)]
-        answers = [exc]
-    records = []
-    for row, ans in zip(rows, answers, strict=True):
-        base = {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
-                "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
-                "adapter": config.use_adapter}
-        if isinstance(ans, RagqaError):
-            records.append({**base, "answer": "", "passages": [], "citations": [], "abstained": False,
-                            "timings": {}, "error": str(ans)})
-        else:
-            records.append({**base, "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
-                            "citations": list(ans.citations), "abstained": bool(ans.abstained),
-                            "timings": dict(ans.timings), "error": None})
-    return records
+        return [{**_record_base(rows[0], config), "answer": "", "passages": [], "citations": [], "abstained": False,
+                 "timings": {}, "error": str(exc)}]
+    return [{**_record_base(row, config), "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
+             "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
+             "error": None} for row, ans in zip(rows, answers, strict=True)]
+
+
+def _record_base(row: dict, config: EvalConfig) -> dict[str, Any]:
+    return {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
+            "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
+            "adapter": config.use_adapter}
 
 
 def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None = None,
