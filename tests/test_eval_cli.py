@@ -69,8 +69,9 @@ def test_eval_without_adapter_refuses_lora_rows(index, tmp_path):
 def test_sigkill_mid_eval_keeps_results_and_resume_completes(index, tmp_path, seed):
     out = tmp_path / "killed"
     results = out / "results.jsonl"
+    # One answer per batch: a batch's records land together, so a larger batch would leave no gap to kill in.
     args = [sys.executable, "-m", "ragqa", "eval", "--index", str(index), "--limit", "2", "--configs",
-            "base,rag", "--output", str(out), *FAST]
+            "base,rag", "--output", str(out), "--set", "eval.batch_size=1", *FAST]
     target = 1 + seed % 3  # seeds 0, 1, 2 kill after 1, 2, 3 of the 4 answers: every point between records
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
