@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/retrieval.py --n 100000 --limit-qa 200 --queries 100   # quicker
 
 Parts (each can be skipped):
-  latency   p50/p95 of Retriever.retrieve (query embedding + search) for dense, bm25, hybrid.
-            Target: hybrid p50 <= 20 ms at 16k passages on 2 cores.
+  latency   p50/p95 of Retriever.retrieve (query embedding + search) for dense, bm25, hybrid, with each query
+            encoder (torch, onnx: the default on CPU). Target: hybrid p50 <= 20 ms at 16k passages on 2 cores.
   faiss     search alone over N synthetic 384-d normalized vectors (clustered, like sentence embeddings):
             flat (exact) vs HNSW, recall@10 of HNSW against flat for a few efSearch values (target >= 0.95).
   quality   recall@1/5/10 and MRR@10 on medquad-derm-qa.jsonl (gold passage ids) over all MedQuAD passages.
@@ -67,25 +67,36 @@ def ensure_index(name: str, corpus: str, embedder, text_field: str = "text") -> 
 
 
 def latency(retriever, questions: list[str]) -> dict:
-    """p50/p95 per mode, the modes interleaved query by query so that drift in machine speed (frequency,
-    neighbours) lands on all of them alike instead of on whichever mode runs first."""
+    """p50/p95 per mode and per query encoder (torch, onnx), all interleaved query by query so that drift in
+    machine speed (frequency, neighbours) lands on every variant alike instead of on whichever runs first."""
+    from ragqa.query_encoder import load_query_encoder
+
     modes = ("dense", "bm25", "hybrid")
+    encoders = {backend: load_query_encoder(retriever.embedder, backend) for backend in ("torch", "onnx")}
     for q in questions[:20]:
-        for mode in modes:
-            retriever.retrieve(q, k=10, mode=mode)  # warm up
-    times: dict[str, list[float]] = {mode: [] for mode in (*modes, "embedding")}
+        for encoder in encoders.values():
+            retriever.query_encoder = encoder
+            for mode in modes:
+                retriever.retrieve(q, k=10, mode=mode)  # warm up
+    times = {backend: {mode: [] for mode in (*modes, "embedding")} for backend in encoders}
     for q in questions:
-        for mode in modes:
+        for backend, encoder in encoders.items():
+            retriever.query_encoder = encoder
+            for mode in modes:
+                start = time.perf_counter()
+                retriever.retrieve(q, k=10, mode=mode)
+                times[backend][mode].append((time.perf_counter() - start) * 1000)
             start = time.perf_counter()
-            retriever.retrieve(q, k=10, mode=mode)
-            times[mode].append((time.perf_counter() - start) * 1000)
-        start = time.perf_counter()
-        retriever.embed_query(q)
-        times["embedding"].append((time.perf_counter() - start) * 1000)
-    out = {mode: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
-           for mode, t in times.items() if mode != "embedding"}
-    out["query_embedding_p50_ms"] = percentile(times["embedding"], 50)
+            encoder.embed(q)
+            times[backend]["embedding"].append((time.perf_counter() - start) * 1000)
+    out: dict = {}
+    for backend, by_mode in times.items():
+        out[backend] = {mode: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
+                        for mode, t in by_mode.items() if mode != "embedding"}
+        out[backend]["query_embedding_p50_ms"] = percentile(by_mode["embedding"], 50)
+    out["hybrid_p50_torch_over_onnx"] = round(out["torch"]["hybrid"]["p50_ms"] / out["onnx"]["hybrid"]["p50_ms"], 2)
     out["hybrid_target_p50_ms"] = 20
+    out["default_query_encoder"] = "onnx (retrieval.query_encoder=auto on CPU)"
     return out
 
 

@@ -119,8 +119,7 @@ class Pipeline:
             from ragqa.retrieve import Retriever
 
             start = time.perf_counter()
-            self._retriever = Retriever.load(self.cfg.index.name, embedder=self.cfg.model.embedder,
-                                             device=self.cfg.model.device)
+            self._retriever = Retriever.from_config(self.cfg)
             self._unreported_load_s += time.perf_counter() - start
         return self._retriever
 

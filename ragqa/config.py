@@ -76,6 +76,9 @@ class RetrievalConfig(_Section):
     """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
     rerank_candidates: int = Field(20, gt=0)
     """Cross-encoder reranking: how many first-stage results are rescored."""
+    query_encoder: Literal["auto", "onnx", "torch"] = "auto"
+    """How queries are embedded: onnx (ONNX Runtime, exported once from the embedder and checked against torch;
+    ~3x sooner on CPU), torch, or auto = onnx on CPU where it works, torch otherwise."""
 
 
 class LoraConfig(_Section):

@@ -165,7 +165,13 @@ def embed(model, texts: list[str], batch_size: int, label: str = "embedding") ->
     out = np.empty((len(texts), dim), dtype=np.float32)
     if not texts:
         return out
-    order = np.argsort([-len(t) for t in texts], kind="stable")
+    # Longest first by token count, which is what the model pays for; encode's own order is by characters.
+    # Over all MedQuAD chunks that pads batches of 64 to 5.02M tokens instead of 5.93M (4.96M real), for a
+    # 6 s tokenizer pass. encode re-sorts each call's slice by characters, which costs 1% at these slice sizes.
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=model.max_seq_length,
+                                                   return_attention_mask=False, return_token_type_ids=False,
+                                                   verbose=False)["input_ids"]]
+    order = np.argsort([-n for n in lengths], kind="stable")
     step = batch_size * 8  # a few batches per encode call: progress updates without per-call overhead
     with _progress() as progress:
         task = progress.add_task(label, total=len(texts))

@@ -45,7 +45,8 @@ class Retriever:
     """A loaded index (vectors, BM25, chunks) plus the embedder that built it."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], faiss_index, bm25,
-                 embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20):
+                 embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20,
+                 query_encoder: str = "auto"):
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -59,15 +60,17 @@ class Retriever:
         for row, chunk in enumerate(chunks):
             self._by_doc.setdefault(chunk["doc_id"], []).append(row)
         self._rerankers: dict[str, Any] = {}
+        self.query_backend = query_encoder
+        self._query_encoder = None  # built on the first query: loads that never search pay nothing for it
 
     @classmethod
     def load(cls, index: str | Path, embedder: str | None = None, device: str = "auto", *,
-             embedder_model=None, verify: bool = True, **options: int) -> Retriever:
+             embedder_model=None, verify: bool = True, query_encoder: str = "auto", **options: int) -> Retriever:
         """Load indexes/NAME (or a directory), checking checksums, counts and the embedder.
 
         embedder: the name the caller expects (a mismatch with the index is an error, never silent garbage).
-        embedder_model: an already loaded SentenceTransformer to reuse. options: rrf_k, fusion_candidates,
-        rerank_candidates.
+        embedder_model: an already loaded SentenceTransformer to reuse. query_encoder: auto|onnx|torch
+        (ragqa.query_encoder). options: rrf_k, fusion_candidates, rerank_candidates.
         """
         name = str(index)
         path = index if isinstance(index, Path) else index_dir(name)
@@ -95,7 +98,15 @@ class Retriever:
         if dim != manifest["embedder"]["dim"]:
             raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
                              f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
-        return cls(where, manifest, chunks, faiss_index, bm25, embedder_model, **options)
+        return cls(where, manifest, chunks, faiss_index, bm25, embedder_model, query_encoder=query_encoder, **options)
+
+    @classmethod
+    def from_config(cls, cfg) -> Retriever:
+        """The retriever a run's config describes: its index, embedder, device and retrieval options."""
+        r = cfg.retrieval
+        return cls.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device, rrf_k=r.rrf_k,
+                        fusion_candidates=r.fusion_candidates, rerank_candidates=r.rerank_candidates,
+                        query_encoder=r.query_encoder)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -110,17 +121,22 @@ class Retriever:
         """All chunks of one source document, in order ([] for an unknown id)."""
         return [self._passage(row) for row in self._by_doc.get(doc_id, [])]
 
-    def embed_query(self, query: str) -> np.ndarray:
-        """The query's normalized embedding: the vector `encode` gives, sooner. One short input needs none of
-        encode's batching (length sorting, chunking, numpy round trips), so the modules run directly under
-        inference_mode: 11.8 vs 13.1 ms p50 on 2 cores (quiet; one thread was slower, 14.8 ms)."""
-        import torch
-        from sentence_transformers.util import batch_to_device
+    @property
+    def query_encoder(self):
+        """The query embedding backend (ragqa.query_encoder), chosen on first use."""
+        if self._query_encoder is None:
+            from ragqa.query_encoder import load_query_encoder
 
-        features = batch_to_device(self.embedder.preprocess([query]), self.embedder.device)
-        with torch.inference_mode():
-            vec = self.embedder(features)["sentence_embedding"][0].float().cpu().numpy()
-        return (vec / max(float(np.linalg.norm(vec)), 1e-12)).astype(np.float32)
+            self._query_encoder = load_query_encoder(self.embedder, self.query_backend)
+        return self._query_encoder
+
+    @query_encoder.setter
+    def query_encoder(self, encoder) -> None:
+        self._query_encoder = encoder
+
+    def embed_query(self, query: str) -> np.ndarray:
+        """The query's normalized embedding: the vector the embedder's `encode` gives (to 1e-5), sooner."""
+        return self.query_encoder.embed(query)
 
     def _dense(self, qvec: np.ndarray, n: int) -> list[tuple[int, float]]:
         import faiss

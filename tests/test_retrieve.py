@@ -57,12 +57,13 @@ def test_modes_scores_and_dense_cosine_everywhere(retriever, embedder):
         assert all(p.score == p.scores[key] for p in res)
 
 
-def test_query_embedding_is_encodes_vector(retriever, embedder):
-    for query in (QUERY, "psoriasis", "x" * 3000):  # long input: truncated like encode truncates it
-        expected = embedder.encode([query], normalize_embeddings=True, convert_to_numpy=True)[0]
-        got = retriever.embed_query(query)
-        assert got.dtype == np.float32 and got.shape == expected.shape
-        assert np.abs(got - expected).max() < 1e-5
+def test_config_options_reach_the_retriever(retriever):
+    cfg = load_config(None, [f"index.name={retriever.path}", "retrieval.rrf_k=7", "retrieval.fusion_candidates=9",
+                             "retrieval.rerank_candidates=11", "retrieval.query_encoder=torch", "model.device=cpu"])
+    loaded = Retriever.from_config(cfg)
+    assert (loaded.rrf_k, loaded.fusion_candidates, loaded.rerank_candidates) == (7, 9, 11)
+    assert loaded.query_encoder.backend == "torch"
+    assert retriever.query_encoder.backend == "onnx"  # auto, on CPU
 
 
 def test_hybrid_is_reciprocal_rank_fusion_of_both_lists(retriever):

@@ -157,7 +157,7 @@ def test_qa_file_errors(tmp_path):
         load_qa([str(bad)])
 
 
-def test_tokenized_data_is_cached_and_rebuilt_on_request(tmp_path, tokenizer):
+def test_tokenized_data_is_cached_and_rebuilt_on_request(tmp_path, tokenizer, capsys):
     from ragqa.train.data import build_data
 
     # The cache is content-addressed (shared ~/.cache/ragqa/train-data): use_cache=False forces a rebuild.
@@ -171,6 +171,8 @@ def test_tokenized_data_is_cached_and_rebuilt_on_request(tmp_path, tokenizer):
                         show_progress=False)
     assert longer.cache_key != first.cache_key
     assert len(first.train) == 6 and len(first.val) == 3 and len(first.split["val"]) == 18
+    build_data(cfg, tokenizer, show_progress=True)  # the cap is said, also when the data comes from the cache
+    assert "train.max_examples=6: training on a seeded 6 of 105 training questions" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- training runs

@@ -355,7 +355,7 @@ def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: st
     rows = load_qa(questions or STARTER_QA, limit)
     out = Path(output)
     make_dir(out)
-    retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device)
+    retriever = Retriever.from_config(cfg)
     ks = sorted({1, cfg.retrieval.k, 10})
     results = evaluate_retrieval(retriever, rows, ks=ks, rerank=cfg.retrieval.rerank, progress=progress)
     table = format_table(results)

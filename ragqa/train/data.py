@@ -14,6 +14,7 @@ import json
 import math
 import random
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,7 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
         "index": index_fingerprint(cfg.index.name) if t.context_k > 0 else None,
         "embedder": cfg.model.embedder if t.context_k > 0 else None,
         "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
+        "fusion": [cfg.retrieval.rrf_k, cfg.retrieval.fusion_candidates] if t.context_k > 0 else None,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -242,6 +244,10 @@ def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_p
     rows, hashes = load_qa(t.data)
     key = cache_key(cfg, hashes, tokenizer)
     path = _cache_path(key)
+    train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed)
+    if t.max_examples is not None and len(train_rows) > t.max_examples and show_progress:
+        print(f"train.max_examples={t.max_examples}: training on a seeded {t.max_examples} of {len(train_rows)} "
+              "training questions (--set train.max_examples=null for all)", file=sys.stderr)
     if use_cache and path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
@@ -249,7 +255,6 @@ def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_p
                              cached["split"], hashes, key, from_cache=True)
         except (json.JSONDecodeError, KeyError, TypeError):
             pass  # a damaged cache is rebuilt below
-    train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed)
     split = {"train": sorted(r.id for r in train_rows), "val": sorted(r.id for r in val_rows)}
     if t.max_examples is not None:
         train_rows = train_rows[: t.max_examples]
@@ -259,7 +264,7 @@ def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_p
     if t.context_k > 0 and retriever is None:
         from ragqa.retrieve import Retriever
 
-        retriever = Retriever.load(cfg.index.name, embedder=cfg.model.embedder)
+        retriever = Retriever.from_config(cfg)
     progress = _progress("tokenizing Q&A with RAFT context") if show_progress else (lambda xs: xs)
     train = _encode_rows(train_rows, tokenizer, retriever, cfg, progress)
     val = _encode_rows(val_rows, tokenizer, retriever, cfg, progress)
