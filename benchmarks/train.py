@@ -4,7 +4,9 @@ Side by side in one run, same model, data, effective batch and steps:
   ours      `ragqa train` (length-grouped batches, loss on answer tokens), method lora, in a fresh process
   qlora     the same with method qlora (4-bit NF4 base), in a fresh process (for peak RSS)
   baseline  transformers Trainer + peft, every example padded to max_seq_len, loss on all tokens
-Throughput is answer tokens per second of training time (evaluation excluded). Quality is the
+Throughput is answer tokens per second of training time (evaluation excluded), over the steps after the first
+--warmup (2) of each run: the first steps pay one-off costs (allocator growth, CUDA kernel loading) that would
+otherwise weigh on whichever run is shortest. Quality is the
 validation loss (answer tokens, with RAFT context) of the adapter vs the base model.
 
     .venv/bin/python benchmarks/train.py --steps 20            # small: ~10-20 min on 2 busy cores
@@ -30,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_ours(method: str, sets: list[str], out: Path, recipe: Path = RECIPE) -> dict:
+def run_ours(method: str, sets: list[str], out: Path, recipe: Path = RECIPE, warmup: int = 0) -> dict:
     cmd = [sys.executable, "-m", "ragqa", "train", "--config", str(recipe), "--method", method,
            "--output", str(out), *[a for s in sets for a in ("--set", s)]]
     start = time.perf_counter()
@@ -40,11 +42,12 @@ def run_ours(method: str, sets: list[str], out: Path, recipe: Path = RECIPE) -> 
         raise SystemExit(f"{method} run failed: {res.stderr[-2000:]}")
     card = json.loads((out / "ragqa_card.json").read_text())
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [s for s in steps if "loss" in s]
+    steps = [s for s in steps if "loss" in s][warmup:]
     answer = sum(s["answer_tokens"] for s in steps)
     seconds = sum(s["answer_tokens"] / s["answer_tokens_per_s"] for s in steps)
     m = card["metrics"]
-    return {"method": method, "steps": m["steps"], "answer_tokens": answer, "train_seconds": round(seconds, 1),
+    return {"method": method, "steps": m["steps"], "timed_steps": len(steps), "answer_tokens": answer,
+            "train_seconds": round(seconds, 1),
             "answer_tokens_per_s": round(answer / seconds, 2),
             "tokens_per_s": round(sum(s["tokens"] for s in steps) / seconds, 2),
             "val_loss": m["val_loss"], "base_val_loss": m["base_val_loss"], "peak_rss_mb": card["peak_rss_mb"],
@@ -52,11 +55,11 @@ def run_ours(method: str, sets: list[str], out: Path, recipe: Path = RECIPE) -> 
             "peak_cuda_mb": card["peak_cuda_mb"], "process_wall_s": round(wall, 1)}
 
 
-def run_baseline(sets: list[str]) -> dict:
+def run_baseline(sets: list[str], warmup: int = 0) -> dict:
     """transformers Trainer + peft: pad every example to max_seq_len, loss on every (non-pad) token."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from ragqa.config import load_config
     from ragqa.models import load_generator
@@ -104,13 +107,24 @@ def run_baseline(sets: list[str]) -> dict:
                                  logging_steps=10, save_strategy="no", report_to=[], use_cpu=device == "cpu",
                                  bf16=dtype == torch.bfloat16,
                                  dataloader_num_workers=0, disable_tqdm=True)
-        trainer = Trainer(model=model, args=args, train_dataset=Counting(), data_collator=collate)
+        marks: dict[int, tuple[float, int]] = {}  # step -> (time, examples fetched) at the warm-up's end and the end
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, _args, state, _control, **_kwargs):
+                if state.global_step in (warmup, t.max_steps):  # synchronize only here: no stalls in between
+                    if device != "cpu":
+                        torch.cuda.synchronize()
+                    marks[state.global_step] = (time.perf_counter(), len(consumed))
+
+        trainer = Trainer(model=model, args=args, train_dataset=Counting(), data_collator=collate,
+                          callbacks=[Clock()])
         if device != "cpu":
             torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
+        marks[0] = (time.perf_counter(), 0)
         trainer.train()
-        seconds = time.perf_counter() - start
-    answer = sum(data.train[i].answer_tokens for i in consumed)
+        (begin, first), (end, last) = marks[warmup], marks[t.max_steps]
+        seconds = end - begin  # the same steps as ours: those after the warm-up
+    answer = sum(data.train[i].answer_tokens for i in consumed[first:last])
     # Validation loss on answer tokens, measured exactly as ragqa measures it.
     probe = RagqaTrainer(cfg, show_progress=False)
     probe.model, probe.tokenizer, probe.data = model, tokenizer, data
@@ -120,9 +134,10 @@ def run_baseline(sets: list[str]) -> dict:
     probe.accelerator = Accelerator(cpu=device == "cpu")
     val = probe.evaluate()
     return {"method": "baseline (Trainer, pad to max, loss on all tokens)", "steps": t.max_steps,
-            "answer_tokens": answer, "train_seconds": round(seconds, 1),
+            "timed_steps": t.max_steps - warmup, "answer_tokens": answer, "train_seconds": round(seconds, 1),
             "answer_tokens_per_s": round(answer / seconds, 2),
-            "tokens_per_s_incl_padding": round(len(consumed) * t.max_seq_len / seconds, 2), "val_loss": val,
+            "tokens_per_s_incl_padding": round((last - first) * t.max_seq_len / seconds, 2),
+            "val_loss": val,
             "peak_cuda_mb": peak_cuda}
 
 
@@ -157,11 +172,13 @@ def main() -> None:
     parser.add_argument("--model", help="base model (registry name, folder or hub id); default: the recipe's")
     parser.add_argument("--data", action="append", default=[], help="Q&A file(s); default: the recipe's")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="only lora vs qlora")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="optimizer steps left out of every throughput (first-step allocation, CUDA start-up)")
     parser.add_argument("--_baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
     if args._baseline:
-        print(json.dumps(run_baseline(args.sets)))
+        print(json.dumps(run_baseline(args.sets, args.warmup)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -172,9 +189,11 @@ def main() -> None:
             sets.append(f"model.base={args.model}")
         if args.data:
             sets.append(f"train.data={json.dumps(args.data)}")
-        report = {"machine": machine(args.device), "settings": sets}
-        ours = run_ours("lora", sets, work / "lora")
-        qlora = run_ours("qlora", sets, work / "qlora")
+        if args.steps <= args.warmup:
+            raise SystemExit(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+        report = {"machine": machine(args.device), "settings": sets, "warmup_steps_excluded": args.warmup}
+        ours = run_ours("lora", sets, work / "lora", warmup=args.warmup)
+        qlora = run_ours("qlora", sets, work / "qlora", warmup=args.warmup)
         report.update({
             "ours_lora": ours, "ours_qlora": qlora,
             "qlora_over_lora_peak_rss": round(qlora["peak_rss_mb"] / ours["peak_rss_mb"], 3),
@@ -184,7 +203,8 @@ def main() -> None:
         if ours["peak_cuda_mb"]:
             report["qlora_over_lora_peak_cuda"] = round(qlora["peak_cuda_mb"] / ours["peak_cuda_mb"], 3)
         if args.baseline:
-            base = subprocess.run([sys.executable, __file__, "--_baseline", *[a for s in sets for a in ("--set", s)]],
+            base = subprocess.run([sys.executable, __file__, "--_baseline", "--warmup", str(args.warmup),
+                                   *[a for s in sets for a in ("--set", s)]],
                                   cwd=ROOT, capture_output=True, text=True)
             if base.returncode != 0:  # keep the runs measured so far
                 report["baseline_error"] = base.stderr[-2000:]

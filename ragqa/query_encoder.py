@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import warnings
+import weakref
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +36,8 @@ POOLINGS = ("mean", "cls")
 PROBES = ("What causes acne?", "Is psoriasis contagious between family members who live in the same house?", "x")
 MIN_COSINE = 0.9999
 """An exported graph whose probe vectors stray further from torch's is not used."""
+_ONNX: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""One verified session per loaded embedder, however many retrievers share it."""
 
 
 def _normalized(vec: np.ndarray) -> np.ndarray:
@@ -86,8 +89,11 @@ def load_query_encoder(embedder, backend: Backend = "auto"):
     Raises RagqaError when `onnx` was asked for and cannot be had (the reason, and the `torch` fallback)."""
     if backend == "torch":
         return TorchQueryEncoder(embedder)
+    if embedder in _ONNX:
+        return _ONNX[embedder]
     try:
-        return _onnx_encoder(embedder)
+        encoder = _ONNX[embedder] = _onnx_encoder(embedder)
+        return encoder
     except RagqaError as exc:
         if backend == "onnx":
             raise RagqaError(f"retrieval.query_encoder=onnx: {exc}; use retrieval.query_encoder=torch") from None

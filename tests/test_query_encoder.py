@@ -3,9 +3,12 @@ re-made when damaged, and refused for embedders it cannot reproduce."""
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
+from ragqa import query_encoder
 from ragqa.errors import RagqaError
 from ragqa.query_encoder import load_query_encoder
 
@@ -25,16 +28,20 @@ def test_both_backends_give_encodes_vector(embedder, backend):
 
 def test_export_is_cached_and_a_damaged_file_is_exported_again(embedder, tmp_path, monkeypatch):
     monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    monkeypatch.setattr(query_encoder, "_ONNX", weakref.WeakKeyDictionary())  # no session from earlier tests
     before = embedder.encode(list(QUERIES), normalize_embeddings=True)
-    load_query_encoder(embedder, "onnx")
+    first = load_query_encoder(embedder, "onnx")
     # the export leaves the torch model as it was: eval mode (no dropout), the same vectors
     assert not embedder[0].auto_model.training
     assert np.abs(embedder.encode(list(QUERIES), normalize_embeddings=True) - before).max() < 1e-6
+    assert load_query_encoder(embedder, "auto") is first  # one session per loaded embedder
     [cached] = (tmp_path / "onnx").glob("*.onnx")
     stamp = cached.stat().st_mtime_ns
-    load_query_encoder(embedder, "onnx")
+    query_encoder._ONNX.clear()
+    load_query_encoder(embedder, "onnx")  # a new process: loads the cached file, exports nothing
     assert cached.stat().st_mtime_ns == stamp and len(list((tmp_path / "onnx").iterdir())) == 1
     cached.write_bytes(b"not an onnx graph")
+    query_encoder._ONNX.clear()
     encoder = load_query_encoder(embedder, "onnx")
     assert cached.stat().st_size > 1_000_000
     expected = embedder.encode([QUERIES[0]], normalize_embeddings=True)[0]
