@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 from ragqa.files import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def _read_hf(spec: str) -> Iterator[tuple[int, dict]]:
 
         data = datasets.load_dataset(name, split=split or "train")
     except Exception as exc:  # noqa: BLE001 - network, missing dataset, bad split: one line for the user
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise RagqaError(f"corpus {spec}: could not load the dataset ({first}); it needs network access "
                          "(HF_HUB_OFFLINE=0)") from None
     yield from enumerate(data, start=1)

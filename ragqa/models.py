@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir
 
 Kind = Literal["embedder", "generator", "reranker", "judge"]
@@ -281,7 +281,7 @@ def load_embedder(name: str = "minilm", device: str = "auto"):
 
 
 def _load_error(name: str, exc: Exception) -> RagqaError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first_line(exc)
     if "safetensors" in first.lower():
         return RagqaError(f"model '{name}': no safetensors weights found (ragqa never loads pickle .bin files)")
     hint = " (offline? set HF_HUB_OFFLINE=0 and check the network, or use a local folder)" if "/" in name else ""

@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 
 Backend = Literal["auto", "onnx", "torch"]
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def _onnx_encoder(embedder) -> OnnxQueryEncoder:
             try:
                 _export(embedder, model, inputs, path)
             except Exception as exc:  # noqa: BLE001 - tracer and exporter raise many types; any failure means torch
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 raise RagqaError(f"ONNX export of the embedder failed: {first}") from None
         try:
             session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 from ragqa.index import (
     _dimension,
     BM25_DIR,
@@ -231,6 +231,6 @@ def load_reranker(name: str, device: str = "cpu"):
         return CrossEncoder(str(path) if path.is_dir() else name, device=device, trust_remote_code=False,
                             model_kwargs={"use_safetensors": True})
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise RagqaError(f"reranker '{name}' could not be loaded ({first}); ragqa ships no cross-encoder for "
                          "offline use: give a local folder, or a hub id with network access") from None

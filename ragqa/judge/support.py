@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 from ragqa.judge.pairs import LABELS
 from ragqa.judge.text import split_sentences, windows
 from ragqa.prompt import CITATION_RE
@@ -71,7 +71,7 @@ class CrossEncoderJudge:
             self.model = CrossEncoder(location, device=device, max_length=max_length, trust_remote_code=False,
                                       local_files_only=local, model_kwargs={"use_safetensors": True})
         except (OSError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise RagqaError(f"could not load judge '{name}': {first}") from None
         id2label = {int(k): str(v).lower() for k, v in self.model.model.config.id2label.items()}
         if sorted(id2label.values()) != sorted(LABELS):

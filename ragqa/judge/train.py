@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from ragqa import __version__
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir, check_writable_dir, iter_jsonl, sha256_file
 from ragqa.judge.pairs import LABELS, Pair, load_docs, make_pairs
 from ragqa.judge.registry import CARD
@@ -171,7 +171,7 @@ def train_judge(cfg, console=None) -> Path:
                              trust_remote_code=False, local_files_only=base.source != "hub",
                              model_kwargs={"use_safetensors": True}, config_kwargs=_label_config(base.location))
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise RagqaError(f"judge base model '{j.base}': {first}") from None
 
     train_sets = {name: _dataset(pairs) for name, pairs in (("nli", nli_train), ("domain", domain_train)) if pairs}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ragqa.errors import RagqaError
+from ragqa.errors import RagqaError, first_line
 
 CARD = "ragqa_card.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -88,7 +88,7 @@ def load_adapter(model, path: str | Path, base_name: str):
     try:
         wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
     except (RuntimeError, ValueError, KeyError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc)[:300]
         raise RagqaError(f"adapter {path} does not fit base model '{base_name}': {first}") from None
     wrapped.eval()
     return wrapped
