@@ -78,14 +78,15 @@ def test_labels_mask_the_prompt_and_keep_the_answer(tokenizer):
 
     pair = [Example("a", enc.input_ids, enc.labels, False), Example("b", short.input_ids, short.labels, False)]
     batch = collate(pair, tokenizer.pad_token_id)
-    pad = len(enc.input_ids) - len(short.input_ids)  # left padding: answers end every row
-    assert batch["labels"][1, :pad].tolist() == [-100] * pad and batch["attention_mask"][1, :pad].sum() == 0
-    assert batch["position_ids"][1, pad:].tolist() == list(range(len(short.input_ids)))
-    assert batch["keep"] == len(enc.input_ids) - n_prompt + 1
+    n = len(short.input_ids)  # right padding: every row starts at position 0, padding after its end
+    assert batch["input_ids"][1, :n].tolist() == short.input_ids
+    assert batch["labels"][1, n:].tolist() == [-100] * (len(enc.input_ids) - n)
+    first = min(n_prompt, short.labels.index(next(label for label in short.labels if label != -100)))
+    assert batch["keep"] == len(enc.input_ids) - first + 1
 
 
 def test_answer_span_loss_equals_the_full_model_loss(generator, tokenizer):
-    """Logits only on the answer span, left padding: the same loss as the plain full forward pass."""
+    """Logits only on the answer span, right padding, no attention mask: the same loss as one row at a time."""
     import torch
 
     from ragqa.train.data import Example, collate

@@ -135,6 +135,8 @@ class Trainer:
             return model
         from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+        from ragqa.train.dropout import use_lora_dropout
+
         if quantization:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
             _frozen_back_to_bf16(model, resolve_dtype(m.dtype, self.device))
@@ -149,7 +151,9 @@ class Trainer:
         lc = self.cfg.lora
         peft_config = LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
                                  target_modules=list(lc.target_modules), task_type="CAUSAL_LM")
-        return get_peft_model(model, peft_config)
+        model = get_peft_model(model, peft_config)
+        use_lora_dropout(model)  # the same dropout, one random draw per four elements on CPU (train/dropout.py)
+        return model
 
     # ------------------------------------------------------------ loss
 
@@ -161,8 +165,7 @@ class Trainer:
         import torch.nn.functional as F
 
         keep = batch["keep"]
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         position_ids=batch["position_ids"], logits_to_keep=keep)
+        out = self.model(input_ids=batch["input_ids"], logits_to_keep=keep)
         logits = out.logits[:, :-1].float()
         labels = batch["labels"][:, -(keep - 1):]
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
