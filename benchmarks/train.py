@@ -6,10 +6,13 @@ Side by side in one run, same model, data, effective batch and steps:
   baseline  transformers Trainer + peft, every example padded to max_seq_len, loss on all tokens
 Throughput is answer tokens per second of training time (evaluation excluded), over the steps after the first
 --warmup (2) of each run: the first steps pay one-off costs (allocator growth, CUDA kernel loading) that would
-otherwise weigh on whichever run is shortest. Quality is the
-validation loss (answer tokens, with RAFT context) of the adapter vs the base model.
+otherwise weigh on whichever run is shortest. With --rounds N, ours and the baseline run N times each in
+alternating order (ours, baseline, baseline, ours, ...) and their throughputs are pooled, so that a machine
+whose speed drifts over minutes favours neither. Quality is the validation loss (answer tokens, with RAFT
+context) of the adapter vs the base model.
 
     .venv/bin/python benchmarks/train.py --steps 20            # small: ~10-20 min on 2 busy cores
+    .venv/bin/python benchmarks/train.py --steps 12 --rounds 3 # alternating: ~40 min on 2 quiet cores
     .venv/bin/python benchmarks/train.py --steps 20 --recipe   # also times the full default CPU recipe
     python benchmarks/train.py --device cuda --steps 30 --model DIR --data FILE \
         --set train.batch_size=16 --set train.max_seq_len=1024 --set train.context_k=4   # on a GPU (bf16)
@@ -128,6 +131,7 @@ def run_baseline(sets: list[str], warmup: int = 0) -> dict:
     # Validation loss on answer tokens, measured exactly as ragqa measures it.
     probe = RagqaTrainer(cfg, show_progress=False)
     probe.model, probe.tokenizer, probe.data = model, tokenizer, data
+    probe.autocast = dtype == torch.bfloat16 and device != "cpu"  # as Trainer(bf16=True) trained it
     from accelerate import Accelerator
 
     peak_cuda = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device != "cpu" else None
@@ -139,6 +143,22 @@ def run_baseline(sets: list[str], warmup: int = 0) -> dict:
             "tokens_per_s_incl_padding": round((last - first) * t.max_seq_len / seconds, 2),
             "val_loss": val,
             "peak_cuda_mb": peak_cuda}
+
+
+def _baseline_process(sets: list[str], warmup: int, report: dict) -> dict:
+    """run_baseline in a fresh process (its own peak memory, no state shared with our runs)."""
+    base = subprocess.run([sys.executable, __file__, "--_baseline", "--warmup", str(warmup),
+                           *[a for s in sets for a in ("--set", s)]], cwd=ROOT, capture_output=True, text=True)
+    if base.returncode != 0:  # keep the runs measured so far
+        report["baseline_error"] = base.stderr[-2000:]
+        print(json.dumps(report, indent=2))
+        raise SystemExit("baseline failed")
+    return json.loads(base.stdout.strip().splitlines()[-1])
+
+
+def _pooled(runs: list[dict]) -> float:
+    """Answer tokens per second over several runs: all their timed tokens over all their timed seconds."""
+    return round(sum(r["answer_tokens"] for r in runs) / sum(r["train_seconds"] for r in runs), 2)
 
 
 def ensure_index(workdir: Path) -> str:
@@ -174,6 +194,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="only lora vs qlora")
     parser.add_argument("--warmup", type=int, default=2,
                         help="optimizer steps left out of every throughput (first-step allocation, CUDA start-up)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run ours and the baseline this many times each, alternating, and pool them")
     parser.add_argument("--_baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
@@ -192,10 +214,21 @@ def main() -> None:
         if args.steps <= args.warmup:
             raise SystemExit(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
         report = {"machine": machine(args.device), "settings": sets, "warmup_steps_excluded": args.warmup}
-        ours = run_ours("lora", sets, work / "lora", warmup=args.warmup)
+        # ours and the baseline alternate (ours, baseline, baseline, ours, ...): this VM's speed drifts by
+        # ~25 % within minutes, and a fixed order would hand the drift to one side.
+        runs: dict[str, list[dict]] = {"ours": [], "baseline": []}
+        for r in range(args.rounds):
+            for side in (("ours", "baseline") if r % 2 == 0 else ("baseline", "ours")):
+                if side == "ours":
+                    runs["ours"].append(run_ours("lora", sets, work / f"lora{r}", warmup=args.warmup))
+                elif args.baseline:
+                    runs["baseline"].append(_baseline_process(sets, args.warmup, report))
+        ours = runs["ours"][0]
         qlora = run_ours("qlora", sets, work / "qlora", warmup=args.warmup)
         report.update({
-            "ours_lora": ours, "ours_qlora": qlora,
+            "ours_lora": ours if args.rounds == 1 else {**ours, "answer_tokens_per_s": _pooled(runs["ours"]),
+                                                         "rounds": runs["ours"]},
+            "ours_qlora": qlora,
             "qlora_over_lora_peak_rss": round(qlora["peak_rss_mb"] / ours["peak_rss_mb"], 3),
             "qlora_over_lora_model_weights": round(qlora["model_memory_mb"] / ours["model_memory_mb"], 3),
             "val_loss_improvement_vs_base": round(1 - ours["val_loss"] / ours["base_val_loss"], 3),
@@ -203,17 +236,13 @@ def main() -> None:
         if ours["peak_cuda_mb"]:
             report["qlora_over_lora_peak_cuda"] = round(qlora["peak_cuda_mb"] / ours["peak_cuda_mb"], 3)
         if args.baseline:
-            base = subprocess.run([sys.executable, __file__, "--_baseline", "--warmup", str(args.warmup),
-                                   *[a for s in sets for a in ("--set", s)]],
-                                  cwd=ROOT, capture_output=True, text=True)
-            if base.returncode != 0:  # keep the runs measured so far
-                report["baseline_error"] = base.stderr[-2000:]
-                print(json.dumps(report, indent=2))
-                raise SystemExit("baseline failed")
-            baseline = json.loads(base.stdout.strip().splitlines()[-1])
+            baseline = runs["baseline"][0]
             report.update({
-                "baseline": baseline,
-                "speedup_answer_tokens_per_s": round(ours["answer_tokens_per_s"] / baseline["answer_tokens_per_s"], 2),
+                "baseline": baseline if args.rounds == 1 else {**baseline, "rounds": runs["baseline"],
+                                                               "answer_tokens_per_s": _pooled(runs["baseline"])},
+                "speedup_answer_tokens_per_s": round(_pooled(runs["ours"]) / _pooled(runs["baseline"]), 2),
+                "speedup_per_round": [round(o["answer_tokens_per_s"] / b["answer_tokens_per_s"], 2)
+                                      for o, b in zip(runs["ours"], runs["baseline"], strict=True)],
                 "val_loss_no_worse_than_baseline": ours["val_loss"] <= baseline["val_loss"] + 1e-3,
             })
         if args.recipe:

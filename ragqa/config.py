@@ -120,6 +120,10 @@ class TrainConfig(_Section):
     """Batch examples of similar length together, so little compute goes to padding."""
     gradient_checkpointing: bool = False
     """Trade compute for memory (worth it for long sequences on GPU; slower on CPU)."""
+    share_prefix: bool = True
+    """On CPU, run the prefix all examples of a batch share (system prompt, template) once per batch, not per
+    row. Same loss; in training the LoRA dropout mask of that prefix is shared by the batch's rows. Not used
+    on GPUs (slower there) or with gradient checkpointing."""
     keep_checkpoints: int = Field(2, gt=0)
     """How many of the latest checkpoints to keep while training (all are removed after success)."""
 

@@ -83,6 +83,10 @@ def test_labels_mask_the_prompt_and_keep_the_answer(tokenizer):
     assert batch["labels"][1, n:].tolist() == [-100] * (len(enc.input_ids) - n)
     first = min(n_prompt, short.labels.index(next(label for label in short.labels if label != -100)))
     assert batch["keep"] == len(enc.input_ids) - first + 1
+    rounded = collate(pair, tokenizer.pad_token_id, multiple=64)  # the GPU's widths
+    assert rounded["input_ids"].shape[1] % 64 == 0 and rounded["input_ids"].shape[1] - 64 < len(enc.input_ids)
+    assert rounded["keep"] == rounded["input_ids"].shape[1] - first + 1
+    assert (rounded["labels"][:, len(enc.input_ids):] == -100).all()
 
 
 def test_answer_span_loss_equals_the_full_model_loss(generator, tokenizer):
@@ -103,6 +107,47 @@ def test_answer_span_loss_equals_the_full_model_loss(generator, tokenizer):
         expected = sum(model(input_ids=torch.tensor([e.input_ids]), labels=torch.tensor([e.labels])).loss
                        * sum(label != -100 for label in e.labels[1:]) for e in encs)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_shared_prefix_gives_the_plain_loss_and_gradients(tokenizer):
+    """The prefix all rows share runs once (a KV cache for the rest): same loss and LoRA gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragqa.models import load_generator
+    from ragqa.train.data import Example, collate
+    from ragqa.train.trainer import Trainer
+
+    passages = [Passage(f"d{i}#0", f"d{i}", text, title=f"Title {i}") for i, text in
+                enumerate(["Scabies is caused by a mite and treated with permethrin.",
+                           "Eczema is not contagious; emollients help."])]
+    examples = [Example(str(i), e.input_ids, e.labels, False) for i, e in enumerate(
+        encode_example(tokenizer, q, passages, a, max_len=256) for q, a in
+        [("How is scabies treated?", "Permethrin [1]."), ("Is eczema contagious?", "No [2]."),
+         ("What causes scabies?", "A mite that burrows into the skin [1].")])]
+    model, _ = load_generator("smollm2-135m", device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                             init_lora_weights=False))  # nonzero B: every LoRA weight has a gradient
+    model.eval()  # no dropout: the two paths must agree exactly
+    probe = Trainer(load_config(None, []))
+    probe.model = model
+    results = []
+    for share in (True, False):
+        batch = collate(examples, tokenizer.pad_token_id, share_prefix=share)
+        assert (batch["shared"] > 16) == share  # system prompt + template + passages' opening
+        model.zero_grad()
+        loss, loss_sum = probe._micro_loss(batch, 7)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss_sum.item(), grads))
+    (shared_loss, shared_grads), (plain_loss, plain_grads) = results
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert shared_grads.keys() == plain_grads.keys() and len(plain_grads) == 30 * 3 * 2
+    for name, grad in plain_grads.items():
+        assert grad.abs().max() > 0, name
+        # fp32 sums in another order: agreement relative to the tensor's largest entry
+        assert (shared_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max(), name
 
 
 def test_split_is_deterministic_and_disjoint():
