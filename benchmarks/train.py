@@ -161,6 +161,13 @@ def _pooled(runs: list[dict]) -> float:
     return round(sum(r["answer_tokens"] for r in runs) / sum(r["train_seconds"] for r in runs), 2)
 
 
+def _summary(runs: list[dict]) -> dict:
+    """One run as it is; several: the first, with the pooled throughput and every run under "rounds"."""
+    if len(runs) == 1:
+        return runs[0]
+    return {**runs[0], "answer_tokens_per_s": _pooled(runs), "rounds": runs}
+
+
 def ensure_index(workdir: Path) -> str:
     """indexes/default if it exists, else the starter corpus ingested into a temporary index."""
     from ragqa.index import existing_index, index_dir
@@ -226,8 +233,7 @@ def main() -> None:
         ours = runs["ours"][0]
         qlora = run_ours("qlora", sets, work / "qlora", warmup=args.warmup)
         report.update({
-            "ours_lora": ours if args.rounds == 1 else {**ours, "answer_tokens_per_s": _pooled(runs["ours"]),
-                                                         "rounds": runs["ours"]},
+            "ours_lora": _summary(runs["ours"]),
             "ours_qlora": qlora,
             "qlora_over_lora_peak_rss": round(qlora["peak_rss_mb"] / ours["peak_rss_mb"], 3),
             "qlora_over_lora_model_weights": round(qlora["model_memory_mb"] / ours["model_memory_mb"], 3),
@@ -238,8 +244,7 @@ def main() -> None:
         if args.baseline:
             baseline = runs["baseline"][0]
             report.update({
-                "baseline": baseline if args.rounds == 1 else {**baseline, "rounds": runs["baseline"],
-                                                               "answer_tokens_per_s": _pooled(runs["baseline"])},
+                "baseline": _summary(runs["baseline"]),
                 "speedup_answer_tokens_per_s": round(_pooled(runs["ours"]) / _pooled(runs["baseline"]), 2),
                 "speedup_per_round": [round(o["answer_tokens_per_s"] / b["answer_tokens_per_s"], 2)
                                       for o, b in zip(runs["ours"], runs["baseline"], strict=True)],

@@ -13,6 +13,8 @@ main process writes checkpoints, the adapter, its card and metrics, and shows pr
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import json
 import math
 import resource
@@ -129,11 +131,13 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
 
     def _load_model(self):
+        import torch
+
         from ragqa.models import load_generator, resolve_dtype
 
         t, m = self.cfg.train, self.cfg.model
         compute_dtype = resolve_dtype(m.dtype, self.device)
-        self.autocast = str(compute_dtype) == "torch.bfloat16" and self.device.startswith("cuda")
+        self.autocast = compute_dtype == torch.bfloat16 and self.device.startswith("cuda")
         quantization = "nf4" if t.method == "qlora" else None
         model, _ = load_generator(m.base, device=self.device, dtype=m.dtype, quantization=quantization)
         if t.method == "none":
@@ -204,10 +208,11 @@ class Trainer:
                 return self.model(input_ids=ids, logits_to_keep=keep).logits
             from transformers import DynamicCache
 
-            cache = {_cache_argument(self.model): DynamicCache()}
-            self.model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1, **cache)
-            next(iter(cache.values())).batch_repeat_interleave(ids.size(0))
-            return self.model(input_ids=ids[:, shared:], use_cache=True, logits_to_keep=keep, **cache).logits
+            cache = DynamicCache()
+            kv = {_cache_argument(self.model): cache}
+            self.model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1, **kv)
+            cache.batch_repeat_interleave(ids.size(0))
+            return self.model(input_ids=ids[:, shared:], use_cache=True, logits_to_keep=keep, **kv).logits
 
     def _collate(self, chunk):
         t = self.cfg.train
@@ -505,11 +510,15 @@ class Trainer:
 
 def _cache_argument(model) -> str:
     """The name of the model's KV-cache argument: transformers 5.24 renamed `past_key_values` to `cache`."""
-    import inspect
-
     base = getattr(model, "module", model)  # under data parallel
     base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return _cache_argument_of(type(base))
+
+
+@functools.cache
+def _cache_argument_of(model_class) -> str:
+    # Read once per class, not on every micro-batch.
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _frozen_back_to_bf16(model, compute_dtype) -> None:
