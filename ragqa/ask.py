@@ -10,6 +10,7 @@ from rich.console import Console
 from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError
+from ragqa.terminal import markup_safe, plain
 
 HELP = ":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :sources  last answer's passages | :quit"
 
@@ -40,10 +41,12 @@ def print_sources(answer, only_cited: bool = True) -> None:
     out.print(f"\n[bold]{label}[/bold]")
     for n in numbers:
         p = answer.passages[n - 1]
-        where = " · ".join(x for x in (p.source, p.url) if x)
+        # Titles, sources, URLs and ids come from the corpus: shown literally, never as markup or escapes.
+        where = " · ".join(markup_safe(x) for x in (p.source, p.url) if x)
         cosine = p.scores.get("dense")
         sim = f" (similarity {cosine:.2f})" if cosine is not None else ""
-        out.print(f"  [{n}] {p.title or p.doc_id}{sim}\n      [dim]{where} · {p.chunk_id}[/dim]")
+        out.print(f"  \\[{n}] {markup_safe(p.title or p.doc_id)}{sim}\n"
+                  f"      [dim]{where} · {markup_safe(p.chunk_id)}[/dim]")
 
 
 def _show(answer, as_json: bool, streamed: bool) -> None:
@@ -51,11 +54,11 @@ def _show(answer, as_json: bool, streamed: bool) -> None:
         print(json.dumps(answer.to_dict()), flush=True)
         return
     if answer.abstained:
-        out.print(f"[yellow]{answer.answer}[/yellow]")
+        out.print(plain(answer.answer, style="yellow", newlines=True))
         print_sources(answer, only_cited=False)
     else:
         if not streamed:
-            out.print(answer.answer)
+            out.print(plain(answer.answer, newlines=True))
         else:
             out.print()
         if answer.removed_citations:
@@ -73,7 +76,8 @@ def _show(answer, as_json: bool, streamed: bool) -> None:
 
 def answer_one(pipe, question: str, mode: str, k: int, as_json: bool):
     """Answer and display one question, streaming tokens unless JSON is asked for."""
-    stream = None if as_json else (lambda piece: out.print(piece, end=""))
+    # Model output is untrusted: each piece is shown literally (an ESC split across pieces is still replaced).
+    stream = None if as_json else (lambda piece: out.print(plain(piece, newlines=True), end=""))
     if not as_json and mode == "none":
         out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
     answer = pipe.answer(question, retrieval=mode, k=k, on_token=stream)
@@ -112,7 +116,7 @@ def _session(pipe, cfg: Config, as_json: bool) -> None:
         try:
             last = answer_one(pipe, line, mode, k, as_json)
         except RagqaError as exc:  # one bad question must not end the session
-            err.print(f"error: {exc}")
+            err.print(plain(f"error: {exc}"))
 
 
 def _enable_history() -> None:

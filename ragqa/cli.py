@@ -15,6 +15,7 @@ import click
 
 from ragqa import __version__
 from ragqa.errors import RagqaError
+from ragqa.terminal import printable
 
 CONFIG_HELP = "YAML recipe (configs/*.yaml); defaults are used for fields it leaves out."
 SET_HELP = "Override one config field, e.g. --set train.lr=1e-4 (repeatable)."
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:  # one line too, e.g. "--output: Directory 'x' is a file"
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        click.echo(printable(f"error: {exc.format_message()}{hint}"), err=True)
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
@@ -333,18 +334,18 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except RagqaError as exc:
-        click.echo(f"error: {exc}", err=True)
+    except RagqaError as exc:  # messages quote corpus values and paths: control characters shown escaped
+        click.echo(printable(f"error: {exc}"), err=True)
         sys.exit(2)
     except OSError as exc:  # a file-system failure outside the atomic writers: the path and the reason
         if os.environ.get("RAGQA_DEBUG"):
             raise
-        click.echo(f"error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}", err=True)
+        click.echo(printable(f"error: {f'{exc.filename}: ' if exc.filename else ''}{exc.strerror or exc}"), err=True)
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - last line of defence: no traceback reaches the user
         if os.environ.get("RAGQA_DEBUG"):
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        click.echo(f"error: {type(exc).__name__}: {first} (set RAGQA_DEBUG=1 for the traceback)", err=True)
+        click.echo(printable(f"error: {type(exc).__name__}: {first} (set RAGQA_DEBUG=1 for the traceback)"), err=True)
         sys.exit(1)
 

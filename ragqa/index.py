@@ -36,6 +36,7 @@ from ragqa import __version__
 from ragqa.corpus import Corpus, Document, Fields, fingerprint, load_corpus
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, sha256_file, write_error
+from ragqa.terminal import markup_safe, plain
 
 FORMAT = 1
 FAISS_FILE = "faiss.index"
@@ -394,7 +395,7 @@ def index_lock(path: Path) -> Iterator[None]:
                              "finish, or run with another --index") from None
         stale = os.pread(fd, 64, 0).decode(errors="replace").strip()
         if stale:
-            _say(f"[dim]recovered a stale lock left by PID {stale} (process gone)[/dim]")
+            _say(f"[dim]recovered a stale lock left by PID {markup_safe(stale)} (process gone)[/dim]")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         os.fsync(fd)
@@ -412,7 +413,8 @@ def _recover(path: Path) -> None:
     backup = _backup_dir(path)
     if not path.exists() and (backup / MANIFEST).is_file():
         os.rename(backup, path)
-        _say(f"[yellow]restored {path} from {backup.name} (a previous ingest was interrupted)[/yellow]")
+        _say(f"[yellow]restored {markup_safe(path)} from {markup_safe(backup.name)} (a previous ingest was "
+             "interrupted)[/yellow]")
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
     if path.exists():
@@ -423,6 +425,7 @@ def _recover(path: Path) -> None:
 
 
 def _say(message: str) -> None:
+    """Print a rich-markup message to stderr; paths, corpus values and errors in it go through markup_safe."""
     from rich.console import Console
 
     Console(stderr=True, highlight=False, soft_wrap=True).print(message)
@@ -477,13 +480,13 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
               "max_doc_chars": cfg.index.max_doc_chars}
     if old is not None and old["manifest"]["settings"] == settings and old["manifest"]["index"] == params \
             and old["manifest"]["fields"] == fields and _same_corpus(old["manifest"]["corpus"], fingerprints):
-        _say(f"{path}: up to date ({old['manifest']['counts']['chunks']} chunks), nothing to embed")
+        _say(f"{markup_safe(path)}: up to date ({old['manifest']['counts']['chunks']} chunks), nothing to embed")
         return path
 
     corpus = load_corpus(cfg.index.corpus, Fields(cfg.index.text_field, cfg.index.id_field, cfg.index.title_field),
                          cfg.index.max_doc_chars)
     for warning in corpus.warnings:
-        _say(f"[yellow]warning:[/yellow] {warning}")
+        _say(f"[yellow]warning:[/yellow] {markup_safe(warning)}")
     if embedder is None:
         from ragqa.models import load_embedder
 
@@ -494,7 +497,7 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
     if old is not None and old["manifest"]["settings"] != settings:
         was, now = old["manifest"]["settings"], settings
         changed = ", ".join(f"{k} {was.get(k)} -> {now[k]}" for k in now if was.get(k) != now[k])
-        _say(f"[yellow]{changed}: rebuilding the whole index[/yellow]")
+        _say(f"[yellow]{markup_safe(changed)}: rebuilding the whole index[/yellow]")
         old = None
     chunks, vectors, reused = _chunk_and_embed(corpus, chunker, embedder, cfg.index.embed_batch_size, old)
 
@@ -505,8 +508,8 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
                {"embedded_chunks": len(chunks) - reused, "reused_chunks": reused,
                 "seconds": round(time.perf_counter() - start, 2)})
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    _say(f"{path}: {len(corpus.documents)} documents, {len(chunks)} chunks ({len(chunks) - reused} embedded, "
-         f"{reused} reused), {params['type']} FAISS + BM25, {size / 1e6:.1f} MB, "
+    _say(f"{markup_safe(path)}: {len(corpus.documents)} documents, {len(chunks)} chunks "
+         f"({len(chunks) - reused} embedded, {reused} reused), {params['type']} FAISS + BM25, {size / 1e6:.1f} MB, "
          f"{time.perf_counter() - start:.1f} s")
     return path
 
@@ -528,7 +531,7 @@ def _previous(path: Path) -> dict[str, Any] | None:
         chunks = read_chunks(path, manifest)
         vectors = faiss_vectors(read_faiss(path, manifest))
     except (RagqaError, KeyError, ValueError, OSError) as exc:
-        _say(f"[yellow]the existing index cannot be reused ({exc}); building it from scratch[/yellow]")
+        _say(f"[yellow]the existing index cannot be reused ({markup_safe(exc)}); building it from scratch[/yellow]")
         return None
     return {"manifest": manifest, "chunks": chunks, "vectors": vectors}
 
@@ -630,24 +633,29 @@ def print_stats(name: str) -> None:
         raise RagqaError(f"no index at {path}: run `ragqa ingest --index {name}` first")
     manifest = read_manifest(where)
     verify_files(where, manifest)
-    table = Table(title=f"index {where}", show_header=False)
+    # Every value below comes from files on disk (corpus paths, the manifest): cells are Text, never markup.
+    table = Table(title=plain(f"index {where}"), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
+
+    def add(field: str, value: str) -> None:
+        table.add_row(plain(field), plain(value))
+
     emb, chunking, counts = manifest["embedder"], manifest["chunking"], manifest["counts"]
-    table.add_row("documents / chunks", f"{counts['documents']} / {counts['chunks']}")
-    table.add_row("embedder", f"{emb['name']} (dim {emb['dim']}, max_seq_length {emb['max_seq_length']})")
-    table.add_row("chunking", f"{chunking['chunk_size']} tokens, overlap {chunking['chunk_overlap']}")
-    table.add_row("FAISS", json.dumps(manifest["index"]))
-    table.add_row("created", manifest["created"])
-    table.add_row("last ingest", json.dumps(manifest["last_ingest"]))
+    add("documents / chunks", f"{counts['documents']} / {counts['chunks']}")
+    add("embedder", f"{emb['name']} (dim {emb['dim']}, max_seq_length {emb['max_seq_length']})")
+    add("chunking", f"{chunking['chunk_size']} tokens, overlap {chunking['chunk_overlap']}")
+    add("FAISS", json.dumps(manifest["index"]))
+    add("created", manifest["created"])
+    add("last ingest", json.dumps(manifest["last_ingest"]))
     for src in manifest["corpus"]:
         skipped = sum(src.get("skipped", {}).values())
-        table.add_row("corpus", f"{src['spec']}: {src['documents']} documents, {skipped} skipped, "
-                                f"sha256 {str(src.get('sha256'))[:12]}")
+        add("corpus", f"{src['spec']}: {src['documents']} documents, {skipped} skipped, "
+                      f"sha256 {str(src.get('sha256'))[:12]}")
     total = 0
     for rel, meta in manifest["files"].items():
         total += meta["bytes"]
-        table.add_row(f"file {rel}", f"{meta['bytes'] / 1e6:.2f} MB")
-    table.add_row("total size", f"{total / 1e6:.2f} MB (checksums ok)")
-    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+        add(f"file {rel}", f"{meta['bytes'] / 1e6:.2f} MB")
+    add("total size", f"{total / 1e6:.2f} MB (checksums ok)")
+    add("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
     Console().print(table)

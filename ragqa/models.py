@@ -19,6 +19,7 @@ from typing import Literal
 
 from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir
+from ragqa.terminal import markup_safe
 
 Kind = Literal["embedder", "generator", "reranker", "judge"]
 
@@ -171,7 +172,7 @@ def converted_gguf_dir(resolved: ResolvedModel) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     Console(stderr=True).print(
-        f"[dim]converting {gguf.name} to safetensors once (cached in {target}) ...[/dim]"
+        f"[dim]converting {markup_safe(gguf.name)} to safetensors once (cached in {markup_safe(target)}) ...[/dim]"
     )
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
@@ -293,12 +294,14 @@ def describe_registry() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ragqa.terminal import plain
+
     table = Table(title="ragqa model registry")
     for col in ("name", "kind", "found at", "hub id", "description"):
         table.add_column(col, overflow="fold")
     for spec in REGISTRY.values():
         try:
-            where = str(packaged_path(spec))
+            where = plain(packaged_path(spec))  # a path on disk: shown literally
         except RagqaError:
             where = f"[yellow]not installed[/yellow]: {spec.install_hint}"
         table.add_row(spec.name, spec.kind, where, spec.hub_id, spec.description)
@@ -308,5 +311,6 @@ def describe_registry() -> None:
         acc = card.get("metrics", {}).get("nli_dev", {}).get("accuracy")
         note = f"trained NLI faithfulness judge from {card.get('base', '?')}"
         note += f", NLI dev acc {acc:.3f}" if acc else ""
-        table.add_row(name, "judge", str(path), "-", note)
+        # Judge folder names and their cards are files on disk: Text cells, never parsed as markup.
+        table.add_row(plain(name), "judge", plain(path), "-", plain(note))
     Console().print(table)

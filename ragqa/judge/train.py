@@ -20,6 +20,7 @@ from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir, check_writable_dir, iter_jsonl, sha256_file
 from ragqa.judge.pairs import LABELS, Pair, load_docs, make_pairs
 from ragqa.judge.registry import CARD
+from ragqa.terminal import markup_safe
 
 NLI_DEV = 500
 """NLI pairs kept out of training to report the dev accuracy on the card."""
@@ -219,7 +220,8 @@ def train_judge(cfg, console=None) -> Path:
                       "threads": torch.get_num_threads()},
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    console.print(f"judge saved to {target}: NLI dev acc {metrics['nli_dev'].get('accuracy', float('nan')):.3f}, "
+    console.print(f"judge saved to {markup_safe(target)}: "
+                  f"NLI dev acc {metrics['nli_dev'].get('accuracy', float('nan')):.3f}, "
                   f"in-domain dev AUC {metrics['domain_dev'].get('auc_supported', float('nan')):.3f} "
                   f"({card['train']['seconds']:.0f} s)")
     return target
