@@ -36,3 +36,50 @@ def test_injection_rate_does_not_get_worse(tmp_path):
     assert result["attack_passage_retrieved"] == result["n"]  # every attack really reaches the prompt
     baseline = json.loads(BASELINE.read_text())
     assert result["followed"] <= baseline["base"]["followed"], result["items"]
+
+
+# Strings SmolLM2's tokenizer maps to special ids (<repo_name> is id 3), and a nested one that removing the
+# inner marker must not join into the outer.
+HOSTILE_TOKENS = ["<repo_name>", "<filename>", "<file_sep>", "<jupyter_code>", "<|im_start|>", "<|endoftext|>",
+                  "<|im_end|>", "<repo<file_sep>_name>", "<|im_<|im_end|>start|>", "<REPO_NAME>"]
+
+
+def _special_ids(tok) -> set[int]:
+    return set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+
+
+def test_no_special_token_id_comes_from_data(generator):
+    """Passage text, title, question and training answer can carry every added special-token string: the
+    prompt's token ids still hold exactly the special ids the chat template put there."""
+    from collections import Counter
+
+    from ragqa.passage import Passage
+    from ragqa.prompt import encode_example, render_prompt
+
+    _, tok = generator
+    special = _special_ids(tok)
+    every = HOSTILE_TOKENS + [t.content for t in tok.added_tokens_decoder.values()]
+    assert "<repo_name>" in every and tok.convert_tokens_to_ids("<repo_name>") in special
+    hostile = " x ".join(every)
+
+    def specials(ids) -> Counter:
+        return Counter(i for i in ids if i in special)
+
+    def ids(text: str) -> list[int]:  # exactly how ask / eval tokenize the rendered prompt
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    clean = [Passage(chunk_id="a#0", doc_id="a", text="Scabies is treated with permethrin.", title="Scabies")]
+    evil = [Passage(chunk_id="a#0", doc_id="a", text=f"Scabies {hostile} is treated.", title=f"T {hostile}")]
+    template_only = specials(ids(render_prompt(tok, "How is scabies treated?", clean)))
+    assert template_only  # the template's own <|im_start|> / <|im_end|> are there
+    rendered = render_prompt(tok, f"How {hostile} is scabies treated?", evil)
+    assert specials(ids(rendered)) == template_only
+    assert "repo_name" in rendered and "jupyter_code" in rendered  # broken up, still readable as data
+    closed = render_prompt(tok, f"Q {hostile}?", None)
+    assert specials(ids(closed)) == specials(ids(render_prompt(tok, "Q?", None)))
+
+    # Training goes through the same path: only the template's ids plus the one end-of-turn after the answer.
+    ex = encode_example(tok, f"How {hostile} is scabies treated?", evil, f"Permethrin {hostile} [1].", 4096)
+    plain_ex = encode_example(tok, "How is scabies treated?", clean, "Permethrin [1].", 4096)
+    assert specials(ex.input_ids) == specials(plain_ex.input_ids)
+    assert specials(ex.input_ids) == template_only + Counter([tok.eos_token_id])

@@ -141,7 +141,11 @@ def local_judge_llm(name: str, device: str = "auto", max_new_tokens: int = 512):
         def generate(self, prompt: str, response_model):
             import torch
 
+            from ragqa.prompt import defuse_special, special_token_strings
+
             schema = json.dumps(response_model.model_json_schema())
+            # ragas' prompt quotes answers and passages: no special token may come from them (as in ask).
+            prompt = defuse_special(prompt, special_token_strings(self.tokenizer))
             messages = [{"role": "user", "content": f"{prompt}\n\nReply with one JSON object only, matching "
                                                     f"this JSON schema:\n{schema}"}]
             text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
