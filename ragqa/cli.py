@@ -113,15 +113,16 @@ def train_cmd(ctx, config_path, overrides, data, output, method, resume, no_cach
         best, path = run_search(cfg, search_trials, use_cache=not no_cache)
         click.echo(f"best of {best.pop('trials')} trials: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float)
                                                                        else f"{k}={v}" for k, v in best.items()))
-        click.echo(f"best recipe written to {path}")
+        click.echo(printable(f"best recipe written to {path}"))
         return
     from ragqa.train.trainer import train
 
     result = train(cfg, resume=resume, use_cache=not no_cache)
     if result.output is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-        click.echo(f"{cfg.train.method} run written to {result.output}: {result.steps} steps in {result.wall_s:.0f} s, "
-                   f"val loss {fmt(result.val_loss)} (base {fmt(result.base_val_loss)})")
+        click.echo(printable(f"{cfg.train.method} run written to {result.output}: {result.steps} steps in "
+                             f"{result.wall_s:.0f} s, val loss {fmt(result.val_loss)} "
+                             f"(base {fmt(result.base_val_loss)})"))
 
 
 def _command_line_args(ctx: click.Context, skip: set[str]) -> list[str]:
@@ -150,7 +151,7 @@ def export_cmd(adapter, merge, output, base) -> None:
     from ragqa.train.export import export_merged
 
     path = export_merged(adapter, output, base=base)
-    click.echo(f"merged model written to {path}")
+    click.echo(printable(f"merged model written to {path}"))
 
 
 @cli.command("ask")
@@ -228,9 +229,9 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
     summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, sample=sample,
                        output=output, seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
                        exclude_trained=exclude_trained, fresh=fresh, progress=not quiet)
-    click.echo(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
-               f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "
-               f"(also report.html, matrix.png, results.jsonl)")
+    click.echo(printable(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
+                         f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "
+                         f"(also report.html, matrix.png, results.jsonl)"))
 
 
 @cli.command("ingest")

@@ -144,3 +144,12 @@ def test_cli_ingest_stats_and_ask_with_a_hostile_corpus(tmp_path):
     assert res.returncode == 0, res.stderr
     assert ESC not in res.stdout + res.stderr
     assert SHOWN in res.stdout and r"[link=http://evil]u[/link]\x1b[2J" in res.stdout
+
+
+def test_error_lines_escape_control_characters(tmp_path):
+    """Error messages quote paths and corpus values: one line, escapes visible (click strips only CSI codes)."""
+    missing = tmp_path / f"no{ESC}]8;;evil.example{ESC}\\idx[/b]"
+    res = run_cli("ask", "What is acne?", "--index", str(missing))
+    assert res.returncode == 2 and ESC not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert r"no\x1b]8;;evil.example\x1b\idx[/b]" in res.stderr
