@@ -29,6 +29,7 @@ from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, check_writable_dir
 from ragqa.train.adapter import CARD
 from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
+from ragqa.terminal import printable
 
 STATE_FILE = "trainer_state.pt"
 STATE_JSON = "state.json"
@@ -415,7 +416,8 @@ class Trainer:
             if step > 0 and self.checkpoints:
                 path = self._save_checkpoint(step, micro)
                 if path:
-                    print(f"interrupted: checkpoint saved to {path}; continue with --resume", file=sys.stderr)
+                    print(printable(f"interrupted: checkpoint saved to {path}; continue with --resume"),
+                          file=sys.stderr)
             raise
         finally:
             if writer is not None:
