@@ -117,8 +117,7 @@ def _decoded_examples(qa, index, tokenizer, *sets):
     out = []
     for e in data.train + data.val:
         target = tokenizer.decode([t for t in e.labels if t != -100], skip_special_tokens=True)
-        prompt = tokenizer.decode(e.input_ids[: len(e.input_ids) - sum(t != -100 for t in e.labels)])
-        out.append((e, prompt, target))
+        out.append((e, target))
     return data, out
 
 
@@ -128,7 +127,7 @@ def test_targets_cite_the_gold_passage_among_same_document_negatives(tiny_medqua
                                        "train.same_document_negatives=1", "train.target_tokens=40")
     assert not {i.split("-")[0] for i in data.split["train"]} & {i.split("-")[0] for i in data.split["val"]}
     answers = {r["id"]: r for r in _qa_rows()}
-    for e, prompt, target in examples:
+    for e, target in examples:
         row = answers[e.id]
         gold = row["gold_passage_ids"][0]
         gold_at = [c.split("#")[0] for c in e.context_ids].index(gold)
@@ -142,7 +141,7 @@ def test_targets_cite_the_gold_passage_among_same_document_negatives(tiny_medqua
 def test_decline_targets_when_the_gold_passage_is_left_out(tiny_medquad, tokenizer):
     qa, index = tiny_medquad
     _, examples = _decoded_examples(qa, index, tokenizer, "train.raft_gold_prob=0.0", "train.raft_absent=decline")
-    for e, _, target in examples:
+    for e, target in examples:
         assert not e.gold_in_context
         assert re.fullmatch(r"The passages shown do not answer this question; the nearest is \[[12]\]\.", target)
 
