@@ -30,28 +30,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-# Questions a dermatology assistant should decline: nothing in a medical corpus answers them.
-OFF_TOPIC = [
-    "How do I change a flat tyre on a bicycle?", "What is the capital of Australia?",
-    "Who won the football world cup in 2014?", "How do I bake sourdough bread?",
-    "What is the best way to learn the guitar?", "How many moons does Jupiter have?",
-    "How do I reset my wifi router password?", "What is a good name for a pet goldfish?",
-    "How do I write a for loop in Python?", "When was the Eiffel Tower built?",
-    "What is the exchange rate between euros and dollars?", "How do I fold a paper airplane?",
-    "What time does the sun set in winter in Oslo?", "How do you play chess openings well?",
-    "What is the plot of Hamlet?", "How can I improve my credit score?",
-    "What's the fastest way to commute across London?", "How do solar panels produce electricity?",
-    "Which programming language should I learn first?", "How do I grow tomatoes on a balcony?",
-    "What is the tallest mountain in Africa?", "How does a car engine work?",
-    "How do I file my taxes online?", "What are the rules of cricket?", "How do I make cold brew coffee?",
-    "Who painted the Mona Lisa?", "How do airplanes stay in the air?", "What is quantum entanglement?",
-    "How do I train my dog to sit?", "What is the population of Canada?",
-    "How do I remove a stripped screw?", "What is the difference between a crocodile and an alligator?",
-    "How do I knit a scarf?", "What's a good strategy for the stock market?",
-    "How do I clean a cast iron pan?", "Why is the sky blue?", "How do I install Linux on a laptop?",
-    "What are the lyrics of the national anthem of France?", "How long does it take to fly to Tokyo?",
-    "How do I start a podcast?",
-]
 
 
 def percentile(values, q) -> float:
@@ -151,19 +129,15 @@ def best_cosines(retriever, questions: list[str]) -> list[float]:
 
 
 def threshold(in_domain: list[float], off_topic: list[float]) -> dict:
-    """The cut that maximizes balanced accuracy (answer in-domain, abstain off-topic)."""
-    values = sorted(set(in_domain + off_topic))
-    cuts = [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]  # midway between observed scores
-    best = round(max(cuts, key=lambda t: (np.mean(np.array(in_domain) >= t) + np.mean(np.array(off_topic) < t),
-                                         -t)), 3)
+    """The calibration ragqa ingest stores (ragqa/abstain.py) plus the two score distributions."""
+    from ragqa.abstain import best_split
+
     return {
         "in_domain": {"n": len(in_domain), "min": round(min(in_domain), 3), "p05": percentile(in_domain, 5),
                       "p50": percentile(in_domain, 50)},
         "off_topic": {"n": len(off_topic), "p50": percentile(off_topic, 50), "p95": percentile(off_topic, 95),
                       "max": round(max(off_topic), 3)},
-        "best_threshold": float(best),
-        "answered_in_domain": round(float(np.mean(np.array(in_domain) >= best)), 3),
-        "abstained_off_topic": round(float(np.mean(np.array(off_topic) < best)), 3),
+        **best_split(in_domain, off_topic),
     }
 
 
@@ -178,6 +152,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
     args = parser.parse_args()
 
+    from ragqa.abstain import off_topic_questions
     from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
     from ragqa.models import load_embedder
     from ragqa.retrieve import Retriever
@@ -201,13 +176,13 @@ def main() -> None:
                 print(format_table(result["quality"]), file=sys.stderr)
             if "abstain" not in args.skip:
                 result["abstain"] = {"medquad": threshold(best_cosines(retriever, questions[:300]),
-                                                          best_cosines(retriever, OFF_TOPIC))}
+                                                          best_cosines(retriever, off_topic_questions()))}
                 starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
                                                       str(ROOT / "corpora/starter/passages.jsonl"), embedder),
                                          embedder_model=embedder)
                 starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
                 result["abstain"]["starter"] = threshold(best_cosines(starter, starter_q),
-                                                         best_cosines(starter, OFF_TOPIC))
+                                                         best_cosines(starter, off_topic_questions()))
     print(json.dumps(result, indent=2))
 
 

@@ -69,9 +69,9 @@ class RetrievalConfig(_Section):
     """None, or a cross-encoder model (registry name, path or hub id)."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
-    abstain_below: float = 0.30
-    """Abstain when the best dense cosine similarity is below this. benchmarks/retrieval.py (minilm): off-topic
-    questions score <= 0.27, in-domain ones >= 0.39 on the starter corpus for 95% of them, >= 0.57 on MedQuAD."""
+    abstain_below: float | Literal["auto"] = "auto"
+    """Abstain when the best dense cosine similarity is below this. `auto`: the threshold `ragqa ingest`
+    calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index without one."""
     fusion_candidates: int = Field(50, gt=0)
     """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
     rerank_candidates: int = Field(20, gt=0)
