@@ -9,8 +9,9 @@ Parts (each can be skipped):
   faiss     search alone over N synthetic 384-d normalized vectors (clustered, like sentence embeddings):
             flat (exact) vs HNSW, recall@10 of HNSW against flat for a few efSearch values (target >= 0.95).
   quality   recall@1/5/10 and MRR@10 on medquad-derm-qa.jsonl (gold passage ids) over all MedQuAD passages.
-  abstain   best dense cosine of in-domain questions vs off-topic ones, on the MedQuAD index and on the
-            starter index, and the threshold that separates them best (retrieval.abstain_below).
+  abstain   best dense cosine of in-domain questions vs the shipped off-topic ones, on the MedQuAD index and on
+            the starter index: the threshold that separates them best, and the rates the threshold calibrated at
+            ingest (retrieval.abstain_below auto) gives them.
 """
 
 from __future__ import annotations
@@ -128,11 +129,17 @@ def best_cosines(retriever, questions: list[str]) -> list[float]:
     return [max(p.scores["dense"] for p in retriever.retrieve(q, k=1, mode="dense")) for q in questions]
 
 
-def threshold(in_domain: list[float], off_topic: list[float]) -> dict:
-    """The calibration ragqa ingest stores (ragqa/abstain.py) plus the two score distributions."""
+def threshold(in_domain: list[float], off_topic: list[float], manifest: dict) -> dict:
+    """The best split of real in-domain vs off-topic questions, the two score distributions, and what the
+    threshold `ragqa ingest` calibrated for the index (from title questions, in the manifest) does to them."""
     from ragqa.abstain import best_split
 
+    calibrated = manifest.get("abstention") or {}
+    cut = calibrated.get("threshold")
     return {
+        "calibrated_at_ingest": None if cut is None else {
+            "threshold": cut, "answered_in_domain": round(float(np.mean(np.array(in_domain) >= cut)), 3),
+            "declined_off_topic": round(float(np.mean(np.array(off_topic) < cut)), 3)},
         "in_domain": {"n": len(in_domain), "min": round(min(in_domain), 3), "p05": percentile(in_domain, 5),
                       "p50": percentile(in_domain, 50)},
         "off_topic": {"n": len(off_topic), "p50": percentile(off_topic, 50), "p95": percentile(off_topic, 95),
@@ -176,13 +183,15 @@ def main() -> None:
                 print(format_table(result["quality"]), file=sys.stderr)
             if "abstain" not in args.skip:
                 result["abstain"] = {"medquad": threshold(best_cosines(retriever, questions[:300]),
-                                                          best_cosines(retriever, off_topic_questions()))}
+                                                          best_cosines(retriever, off_topic_questions()),
+                                                          retriever.manifest)}
                 starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
                                                       str(ROOT / "corpora/starter/passages.jsonl"), embedder),
                                          embedder_model=embedder)
                 starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
                 result["abstain"]["starter"] = threshold(best_cosines(starter, starter_q),
-                                                         best_cosines(starter, off_topic_questions()))
+                                                         best_cosines(starter, off_topic_questions()),
+                                                         starter.manifest)
     print(json.dumps(result, indent=2))
 
 
