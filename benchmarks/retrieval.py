@@ -9,8 +9,9 @@ Parts (each can be skipped):
   faiss     search alone over N synthetic 384-d normalized vectors (clustered, like sentence embeddings):
             flat (exact) vs HNSW, recall@10 of HNSW against flat for a few efSearch values (target >= 0.95).
   quality   recall@1/5/10 and MRR@10 on medquad-derm-qa.jsonl (gold passage ids) over all MedQuAD passages.
-  abstain   best dense cosine of in-domain questions vs off-topic ones, on the MedQuAD index and on the
-            starter index, and the threshold that separates them best (retrieval.abstain_below).
+  abstain   best dense cosine of in-domain questions vs the shipped off-topic ones, on the MedQuAD index and on
+            the starter index: the threshold that separates them best, and the rates the threshold calibrated at
+            ingest (retrieval.abstain_below auto) gives them.
 """
 
 from __future__ import annotations
@@ -30,28 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT))
 
-# Questions a dermatology assistant should decline: nothing in a medical corpus answers them.
-OFF_TOPIC = [
-    "How do I change a flat tyre on a bicycle?", "What is the capital of Australia?",
-    "Who won the football world cup in 2014?", "How do I bake sourdough bread?",
-    "What is the best way to learn the guitar?", "How many moons does Jupiter have?",
-    "How do I reset my wifi router password?", "What is a good name for a pet goldfish?",
-    "How do I write a for loop in Python?", "When was the Eiffel Tower built?",
-    "What is the exchange rate between euros and dollars?", "How do I fold a paper airplane?",
-    "What time does the sun set in winter in Oslo?", "How do you play chess openings well?",
-    "What is the plot of Hamlet?", "How can I improve my credit score?",
-    "What's the fastest way to commute across London?", "How do solar panels produce electricity?",
-    "Which programming language should I learn first?", "How do I grow tomatoes on a balcony?",
-    "What is the tallest mountain in Africa?", "How does a car engine work?",
-    "How do I file my taxes online?", "What are the rules of cricket?", "How do I make cold brew coffee?",
-    "Who painted the Mona Lisa?", "How do airplanes stay in the air?", "What is quantum entanglement?",
-    "How do I train my dog to sit?", "What is the population of Canada?",
-    "How do I remove a stripped screw?", "What is the difference between a crocodile and an alligator?",
-    "How do I knit a scarf?", "What's a good strategy for the stock market?",
-    "How do I clean a cast iron pan?", "Why is the sky blue?", "How do I install Linux on a laptop?",
-    "What are the lyrics of the national anthem of France?", "How long does it take to fly to Tokyo?",
-    "How do I start a podcast?",
-]
 
 
 def percentile(values, q) -> float:
@@ -150,20 +129,22 @@ def best_cosines(retriever, questions: list[str]) -> list[float]:
     return [max(p.scores["dense"] for p in retriever.retrieve(q, k=1, mode="dense")) for q in questions]
 
 
-def threshold(in_domain: list[float], off_topic: list[float]) -> dict:
-    """The cut that maximizes balanced accuracy (answer in-domain, abstain off-topic)."""
-    values = sorted(set(in_domain + off_topic))
-    cuts = [(a + b) / 2 for a, b in zip(values, values[1:], strict=False)]  # midway between observed scores
-    best = round(max(cuts, key=lambda t: (np.mean(np.array(in_domain) >= t) + np.mean(np.array(off_topic) < t),
-                                         -t)), 3)
+def threshold(in_domain: list[float], off_topic: list[float], manifest: dict) -> dict:
+    """The best split of real in-domain vs off-topic questions, the two score distributions, and what the
+    threshold `ragqa ingest` calibrated for the index (from title questions, in the manifest) does to them."""
+    from ragqa.abstain import best_split
+
+    calibrated = manifest.get("abstention") or {}
+    cut = calibrated.get("threshold")
     return {
+        "calibrated_at_ingest": None if cut is None else {
+            "threshold": cut, "answered_in_domain": round(float(np.mean(np.array(in_domain) >= cut)), 3),
+            "declined_off_topic": round(float(np.mean(np.array(off_topic) < cut)), 3)},
         "in_domain": {"n": len(in_domain), "min": round(min(in_domain), 3), "p05": percentile(in_domain, 5),
                       "p50": percentile(in_domain, 50)},
         "off_topic": {"n": len(off_topic), "p50": percentile(off_topic, 50), "p95": percentile(off_topic, 95),
                       "max": round(max(off_topic), 3)},
-        "best_threshold": float(best),
-        "answered_in_domain": round(float(np.mean(np.array(in_domain) >= best)), 3),
-        "abstained_off_topic": round(float(np.mean(np.array(off_topic) < best)), 3),
+        **best_split(in_domain, off_topic),
     }
 
 
@@ -178,6 +159,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
     args = parser.parse_args()
 
+    from ragqa.abstain import off_topic_questions
     from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
     from ragqa.models import load_embedder
     from ragqa.retrieve import Retriever
@@ -201,13 +183,15 @@ def main() -> None:
                 print(format_table(result["quality"]), file=sys.stderr)
             if "abstain" not in args.skip:
                 result["abstain"] = {"medquad": threshold(best_cosines(retriever, questions[:300]),
-                                                          best_cosines(retriever, OFF_TOPIC))}
+                                                          best_cosines(retriever, off_topic_questions()),
+                                                          retriever.manifest)}
                 starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
                                                       str(ROOT / "corpora/starter/passages.jsonl"), embedder),
                                          embedder_model=embedder)
                 starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
                 result["abstain"]["starter"] = threshold(best_cosines(starter, starter_q),
-                                                         best_cosines(starter, OFF_TOPIC))
+                                                         best_cosines(starter, off_topic_questions()),
+                                                         starter.manifest)
     print(json.dumps(result, indent=2))
 
 

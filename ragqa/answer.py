@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.passage import Passage
+from ragqa import abstain
 from ragqa.prompt import clean_citations, fit_passages, render_prompt
 
 DISCLAIMER = "ragqa is a research tool, not medical advice: see a qualified clinician about any skin problem."
@@ -133,7 +134,7 @@ class Pipeline:
         if not passages:
             return True
         best = max(p.scores.get("dense", p.score) for p in passages)
-        return best < self.cfg.retrieval.abstain_below
+        return best < abstain.threshold(self.cfg.retrieval.abstain_below, self.retriever.manifest)
 
     def prompt_for(self, question: str, passages: list[Passage], mode: str) -> str:
         """The exact prompt text generation starts from (passages trimmed to the context budget)."""

@@ -69,9 +69,9 @@ class RetrievalConfig(_Section):
     """None, or a cross-encoder model (registry name, path or hub id)."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
-    abstain_below: float = 0.30
-    """Abstain when the best dense cosine similarity is below this. benchmarks/retrieval.py (minilm): off-topic
-    questions score <= 0.27, in-domain ones >= 0.39 on the starter corpus for 95% of them, >= 0.57 on MedQuAD."""
+    abstain_below: float | Literal["auto"] = "auto"
+    """Abstain when the best dense cosine similarity is below this. `auto`: the threshold `ragqa ingest`
+    calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index without one."""
     fusion_candidates: int = Field(50, gt=0)
     """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
     rerank_candidates: int = Field(20, gt=0)
@@ -98,6 +98,18 @@ class TrainConfig(_Section):
     max_examples: int | None = Field(None, gt=0)
     raft_gold_prob: float = Field(0.8, ge=0.0, le=1.0)
     """RAFT: probability that the gold passage is among the k context passages."""
+    raft_absent: Literal["answer", "decline"] = "answer"
+    """Target when the gold passage is left out: `answer` (RAFT: the reference answer anyway) or `decline`
+    (say the passages do not answer and cite the nearest one)."""
+    same_document_negatives: int = Field(1, ge=0, le=19)
+    """Hard negatives: how many of the distractors are other passages of the gold passage's document (same
+    condition, other question type), when the Q&A rows carry a `doc_id`. The rest are retrieved neighbours."""
+    split_by: Literal["auto", "question", "document"] = "auto"
+    """Validation split unit. `document` keeps all questions of one `doc_id` on one side, so no condition's
+    passages are trained on and then scored; `auto` uses it when every row has a `doc_id`."""
+    target_tokens: int | None = Field(None, gt=0)
+    """Training targets keep the whole sentences of the answer that fit in this many tokens (the generation
+    budget), so the adapter learns answers it can finish; None keeps the whole answer."""
     context_k: int = Field(3, ge=0, le=20)
     lr: float = Field(2e-4, gt=0.0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ragqa import __version__
+from ragqa import __version__, abstain
 from ragqa.corpus import Corpus, Document, Fields, fingerprint, load_corpus
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, sha256_file, write_error
@@ -500,17 +500,26 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
         _say(f"[yellow]{markup_safe(changed)}: rebuilding the whole index[/yellow]")
         old = None
     chunks, vectors, reused = _chunk_and_embed(corpus, chunker, embedder, cfg.index.embed_batch_size, old)
+    calibration = abstain.calibrate(lambda qs: embedder.encode(qs, normalize_embeddings=True), vectors,
+                                    [d.title for d in corpus.documents])
 
     # Two renames swap it in; a crash between them is undone by _recover/existing_index (the fixed backup name).
     with atomic_dir(path, option="--index", prefix=f".{path.name}.tmp-", backup=_backup_dir(path),
                     action=f"ingest into {path} failed", kept=_kept(path)) as tmp:
         _write(tmp, cfg, corpus, chunker, embedder, chunks, vectors, params, fields, settings,
                {"embedded_chunks": len(chunks) - reused, "reused_chunks": reused,
-                "seconds": round(time.perf_counter() - start, 2)})
+                "seconds": round(time.perf_counter() - start, 2)}, calibration)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     _say(f"{markup_safe(path)}: {len(corpus.documents)} documents, {len(chunks)} chunks "
          f"({len(chunks) - reused} embedded, {reused} reused), {params['type']} FAISS + BM25, {size / 1e6:.1f} MB, "
          f"{time.perf_counter() - start:.1f} s")
+    if calibration is None:
+        _say(f"abstention: fewer than {abstain.MIN_TITLES} titled documents to calibrate on; "
+             f"retrieval.abstain_below auto uses {abstain.FALLBACK_THRESHOLD}")
+    else:
+        _say(f"abstention: below cosine {calibration['threshold']:.3f}, calibrated on {calibration['n_in_domain']} "
+             f"title questions (answers {calibration['answered_in_domain']:.0%}) and "
+             f"{calibration['n_off_topic']} off-topic ones (declines {calibration['declined_off_topic']:.0%})")
     return path
 
 
@@ -584,7 +593,7 @@ def _versions() -> dict[str, str]:
 
 def _write(tmp: Path, cfg, corpus: Corpus, chunker: Chunker, model, chunks: list[Chunk], vectors: np.ndarray,
            params: dict[str, Any], fields: dict[str, Any], settings: dict[str, Any],
-           last_ingest: dict[str, Any]) -> None:
+           last_ingest: dict[str, Any], abstention: dict[str, Any] | None) -> None:
     import faiss
 
     faiss.write_index(build_faiss(vectors, cfg.index.index_type, params), str(tmp / FAISS_FILE))
@@ -613,6 +622,7 @@ def _write(tmp: Path, cfg, corpus: Corpus, chunker: Chunker, model, chunks: list
         "counts": {"documents": len(corpus.documents), "chunks": len(chunks)},
         "versions": _versions(),
         "last_ingest": last_ingest,
+        "abstention": abstention,
         "files": files,
     }
     manifest["checksum"] = _manifest_checksum(manifest)

@@ -83,6 +83,19 @@ def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
     return {key: [str(i) for i in split.get(key) or []] for key in ("train", "val")}
 
 
+def trained_questions(adapter: str | None) -> str | None:
+    """The Q&A file an adapter was trained on, when it was one file that is still there: its held-out split is
+    the natural default question set (the starter Q&A otherwise)."""
+    if not adapter:
+        return None
+    from ragqa.train.adapter import read_card
+
+    data = (((read_card(adapter) or {}).get("config") or {}).get("train") or {}).get("data")
+    if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str) and Path(data[0]).is_file():
+        return data[0]
+    return None
+
+
 def select_questions(rows: list[dict], adapter: str | None, *, default_set: bool, exclude_trained: bool,
                      limit: int | None, sample: int | None = None, seed: int = 0) -> tuple[list[dict], dict[str, Any]]:
     """Apply the training-split guard, the held-out default, --sample (N at random, seeded, in file order)
@@ -307,7 +320,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
         names = ", ".join(c.name for c in plan if c.use_adapter)
         raise RagqaError(f"configurations {names} need an adapter: pass --adapter PATH "
                          "(train one with `ragqa train`) or drop them, e.g. --configs base,rag")
-    questions_path = questions or STARTER_QA
+    questions_path = questions or trained_questions(adapter) or STARTER_QA
     rows, notes = select_questions(load_questions(questions_path), adapter, default_set=questions is None,
                                    exclude_trained=exclude_trained, limit=limit, sample=sample, seed=seed)
     output = Path(output)

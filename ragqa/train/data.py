@@ -32,6 +32,8 @@ class QARow:
     answer: str
     gold_ids: list[str] = field(default_factory=list)
     """Document ids of the passages the answer comes from (may be empty)."""
+    group: str | None = None
+    """The source document the question belongs to (MedQuAD `doc_id`: one condition), if the file says."""
 
 
 @dataclass
@@ -113,18 +115,49 @@ def load_qa(paths: Sequence[str]) -> tuple[list[QARow], dict[str, str]]:
             gold = rec.get("gold_passage_ids") or []
             if isinstance(gold, str):
                 gold = [gold]
-            rows.append(QARow(rid, question.strip(), answer.strip(), [str(g) for g in gold]))
+            group = rec.get("doc_id")
+            group = str(group) if isinstance(group, str | int) and not isinstance(group, bool) and group != "" else None
+            rows.append(QARow(rid, question.strip(), answer.strip(), [str(g) for g in gold], group))
     if len(rows) < 2:
         raise RagqaError(f"train.data: need at least 2 Q&A pairs, found {len(rows)} in {', '.join(paths)}")
     return rows, hashes
 
 
-def split_rows(rows: list[QARow], val_fraction: float, seed: int) -> tuple[list[QARow], list[QARow]]:
-    """Deterministic train/val split: the same rows, fraction and seed always give the same split."""
-    ordered = sorted(rows, key=lambda r: r.id)
-    random.Random(seed).shuffle(ordered)
-    n_val = min(len(ordered) - 1, max(1, round(len(ordered) * val_fraction)))
-    return ordered[n_val:], ordered[:n_val]
+def split_rows(rows: list[QARow], val_fraction: float, seed: int,
+               by: str = "question") -> tuple[list[QARow], list[QARow]]:
+    """Deterministic train/val split: the same rows, fraction and seed always give the same split.
+
+    by="document" splits whole groups (`QARow.group`): every question of a document lands on the same side,
+    so the validation questions ask about conditions whose passages were never training answers. Groups are
+    taken in seeded order until the validation side holds `val_fraction` of the questions. "auto" means
+    "document" when every row has a group.
+    """
+    if by == "auto":
+        by = "document" if rows and all(r.group for r in rows) else "question"
+    n_val = min(len(rows) - 1, max(1, round(len(rows) * val_fraction)))
+    if by == "question":
+        ordered = sorted(rows, key=lambda r: r.id)
+        random.Random(seed).shuffle(ordered)
+        return ordered[n_val:], ordered[:n_val]
+    if not all(r.group for r in rows):
+        missing = next(r.id for r in rows if not r.group)
+        raise RagqaError(f"train.split_by=document: Q&A row {missing} has no doc_id; add one to every row "
+                         "or use --set train.split_by=question")
+    groups: dict[str, list[QARow]] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        groups.setdefault(row.group, []).append(row)
+    if len(groups) < 2:
+        raise RagqaError("train.split_by=document needs questions from at least 2 documents (doc_id); "
+                         "use --set train.split_by=question")
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    val: list[QARow] = []
+    taken = 0
+    while taken < len(names) - 1 and len(val) < n_val:
+        val.extend(groups[names[taken]])
+        taken += 1
+    train = [r for name in names[taken:] for r in groups[name]]
+    return train, val
 
 
 # ---------------------------------------------------------------- RAFT context
@@ -150,23 +183,62 @@ def gold_passage(retriever, row: QARow, mode: str) -> Passage | None:
     return hits[0] if hits else None
 
 
-def raft_context(retriever, row: QARow, k: int, p: float, seed: int, mode: str) -> tuple[list[Passage], int | None]:
+def raft_context(retriever, row: QARow, k: int, p: float, seed: int, mode: str,
+                 siblings: Sequence[Passage] = (), n_siblings: int = 0) -> tuple[list[Passage], int | None]:
     """k passages for `row`: with probability p the gold one at a random position, else only distractors.
 
-    Returns the passages and the 0-based position of the gold passage (None when it was left out).
+    Distractors are hard negatives: up to `n_siblings` of `siblings` (passages of the same document that answer
+    its other questions: the same condition's treatment when the question asks its symptoms), then the
+    question's own retrieved neighbours from other documents, in retrieval order. Their positions are shuffled,
+    so the model cannot learn where the gold passage stands. Returns the passages and the 0-based position of
+    the gold passage (None when it was left out).
     """
     rng = random.Random(f"{seed}:{row.id}")  # per-row stream: independent of order and of other rows
     gold = gold_passage(retriever, row, mode)
     gold_docs = set(row.gold_ids) | ({gold.doc_id} if gold else set())
-    neighbours = retriever.retrieve(row.question, k=k + 8, mode=mode)
-    distractors = [c for c in neighbours if c.doc_id not in gold_docs]
     include = gold is not None and rng.random() < p
+    wanted = k - 1 if include else k
+    same = [c for c in siblings if c.doc_id not in gold_docs]
+    hard = rng.sample(same, min(n_siblings, len(same), wanted))
+    taken = gold_docs | {c.doc_id for c in hard}
+    neighbours = retriever.retrieve(row.question, k=k + 8, mode=mode)
+    distractors = hard + [c for c in neighbours if c.doc_id not in taken][: wanted - len(hard)]
+    if hard:  # retrieval order alone is already position-neutral for the gold passage
+        rng.shuffle(distractors)
     if include:
-        passages = distractors[: k - 1]
-        at = rng.randrange(len(passages) + 1)
-        passages.insert(at, gold)
-        return passages, at
-    return distractors[:k], None
+        at = rng.randrange(len(distractors) + 1)
+        distractors.insert(at, gold)
+        return distractors, at
+    return distractors, None
+
+
+def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
+    """The answer's leading whole sentences that fit in `budget` tokens (at least the first sentence, cut to
+    the budget in words if it alone is longer); short headings without a full stop ("Key Points") are left
+    out. None keeps the answer as it is."""
+    if budget is None:
+        return answer
+    from ragqa.judge.text import split_sentences
+
+    def size(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    sentences = [s for s in split_sentences(answer) if s[-1] in ".!?:;)" or len(s.split()) > 4]
+    kept: list[str] = []
+    for sentence in sentences or [answer.strip()]:
+        if size(" ".join([*kept, sentence])) > budget:
+            break
+        kept.append(sentence)
+    if kept:
+        return " ".join(kept)
+    words = (sentences or [answer.strip()])[0].split()
+    while words and size(" ".join(words)) > budget:
+        words = words[: max(1, len(words) * 9 // 10) if len(words) > 1 else 0]
+    return " ".join(words)
+
+
+DECLINE_TARGET = "The passages shown do not answer this question; the nearest is [{n}]."
+"""Training target (train.raft_absent=decline) when the gold passage is not among the passages."""
 
 
 # ---------------------------------------------------------------- tokenization + cache
@@ -199,7 +271,8 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
         "template": TEMPLATE_VERSION,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "train": [t.val_fraction, t.max_examples, t.max_val_examples, t.raft_gold_prob, t.context_k,
-                  t.max_seq_len, t.seed, cfg.ask.context_tokens],
+                  t.max_seq_len, t.seed, cfg.ask.context_tokens, t.raft_absent, t.same_document_negatives,
+                  t.split_by, t.target_tokens],
         "index": index_fingerprint(cfg.index.name) if t.context_k > 0 else None,
         "embedder": cfg.model.embedder if t.context_k > 0 else None,
         "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
@@ -212,20 +285,37 @@ def _retrieval_mode(cfg) -> str:
     return cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
 
 
+def _siblings(rows: list[QARow], retriever, mode: str) -> dict[str, list[Passage]]:
+    """Per document (`QARow.group`): the gold passages of all its questions, for same-document negatives."""
+    found: dict[str, dict[str, Passage]] = {}
+    for row in rows:
+        if row.group and row.gold_ids:
+            gold = gold_passage(retriever, row, mode)
+            if gold is not None:
+                found.setdefault(row.group, {})[gold.chunk_id] = gold
+    return {group: list(passages.values()) for group, passages in found.items()}
+
+
 def _encode_rows(rows: list[QARow], tokenizer, retriever, cfg, progress) -> list[Example]:
     from ragqa.prompt import cite, encode_example, fit_passages
 
     t = cfg.train
+    mode = _retrieval_mode(cfg)
+    siblings = _siblings(rows, retriever, mode) if t.context_k > 0 and t.same_document_negatives else {}
     examples = []
     for row in progress(rows):
-        passages, gold_at, answer = None, None, row.answer
+        passages, gold_at = None, None
+        answer = trim_answer(row.answer, tokenizer, t.target_tokens)
         if t.context_k > 0:
-            passages, gold_at = raft_context(retriever, row, t.context_k, t.raft_gold_prob, t.seed,
-                                             _retrieval_mode(cfg))
+            passages, gold_at = raft_context(retriever, row, t.context_k, t.raft_gold_prob, t.seed, mode,
+                                             siblings.get(row.group or "", ()), t.same_document_negatives)
             # The same context budget `ask` uses, so the adapter trains on what it will see.
             passages = fit_passages(tokenizer, passages, cfg.ask.context_tokens)
             if gold_at is not None:  # teach the citation habit: the target cites the gold passage
-                answer = cite(row.answer, gold_at + 1)
+                answer = cite(answer, gold_at + 1)
+            elif t.raft_absent == "decline" and passages:
+                nearest = min(range(len(passages)), key=lambda i: -passages[i].score)
+                answer = DECLINE_TARGET.format(n=nearest + 1)
         enc = encode_example(tokenizer, row.question, passages, answer, t.max_seq_len)
         examples.append(Example(row.id, enc.input_ids, enc.labels, gold_at is not None,
                                 [p.chunk_id for p in passages or []]))
@@ -244,7 +334,7 @@ def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_p
     rows, hashes = load_qa(t.data)
     key = cache_key(cfg, hashes, tokenizer)
     path = _cache_path(key)
-    train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed)
+    train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed, t.split_by)
     if t.max_examples is not None and len(train_rows) > t.max_examples and show_progress:
         print(f"train.max_examples={t.max_examples}: training on a seeded {t.max_examples} of {len(train_rows)} "
               "training questions (--set train.max_examples=null for all)", file=sys.stderr)
