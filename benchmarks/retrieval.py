@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="questions timed per mode")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors for flat vs HNSW")
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
+    parser.add_argument("--abstain-on", nargs="*", default=["medquad", "starter"], choices=["medquad", "starter"],
+                        help="indexes of the abstain part (starter alone needs no MedQuAD index)")
     args = parser.parse_args()
 
     from ragqa.abstain import off_topic_questions
@@ -167,31 +169,34 @@ def main() -> None:
     result: dict = {"cpu_count": os.cpu_count()}
     if "faiss" not in args.skip:
         result["faiss"] = faiss_bench(args.n)
-    if {"latency", "quality", "abstain"} - set(args.skip):
+    needs_medquad = {"latency", "quality"} - set(args.skip) or ("abstain" not in args.skip
+                                                                  and "medquad" in args.abstain_on)
+    if needs_medquad or ("abstain" not in args.skip and "starter" in args.abstain_on):
         embedder = load_embedder("minilm", "auto")
         with tempfile.TemporaryDirectory(prefix="ragqa-bench-retrieval-") as tmp:
-            path = Path(args.index) if args.index else Path(tmp) / "medquad"
-            retriever = Retriever.load(ensure_index(str(path), args.corpus, embedder), embedder_model=embedder)
-            result["index"] = {"path": str(path), "chunks": len(retriever),
-                               "documents": retriever.manifest["counts"]["documents"]}
-            rows = load_qa(args.qa, args.limit_qa)
-            questions = [r["question"] for r in rows]
-            if "latency" not in args.skip:
-                result["latency"] = latency(retriever, questions[: args.queries])
-            if "quality" not in args.skip:
-                result["quality"] = evaluate_retrieval(retriever, rows)
-                print(format_table(result["quality"]), file=sys.stderr)
-            if "abstain" not in args.skip:
-                result["abstain"] = {"medquad": threshold(best_cosines(retriever, questions[:300]),
-                                                          best_cosines(retriever, off_topic_questions()),
-                                                          retriever.manifest)}
+            if needs_medquad:
+                path = Path(args.index) if args.index else Path(tmp) / "medquad"
+                retriever = Retriever.load(ensure_index(str(path), args.corpus, embedder), embedder_model=embedder)
+                result["index"] = {"path": str(path), "chunks": len(retriever),
+                                   "documents": retriever.manifest["counts"]["documents"]}
+                rows = load_qa(args.qa, args.limit_qa)
+                questions = [r["question"] for r in rows]
+                if "latency" not in args.skip:
+                    result["latency"] = latency(retriever, questions[: args.queries])
+                if "quality" not in args.skip:
+                    result["quality"] = evaluate_retrieval(retriever, rows)
+                    print(format_table(result["quality"]), file=sys.stderr)
+                if "abstain" not in args.skip and "medquad" in args.abstain_on:
+                    result.setdefault("abstain", {})["medquad"] = threshold(
+                        best_cosines(retriever, questions[:300]), best_cosines(retriever, off_topic_questions()),
+                        retriever.manifest)
+            if "abstain" not in args.skip and "starter" in args.abstain_on:
                 starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
                                                       str(ROOT / "corpora/starter/passages.jsonl"), embedder),
                                          embedder_model=embedder)
                 starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
-                result["abstain"]["starter"] = threshold(best_cosines(starter, starter_q),
-                                                         best_cosines(starter, off_topic_questions()),
-                                                         starter.manifest)
+                result.setdefault("abstain", {})["starter"] = threshold(
+                    best_cosines(starter, starter_q), best_cosines(starter, off_topic_questions()), starter.manifest)
     print(json.dumps(result, indent=2))
 
 
