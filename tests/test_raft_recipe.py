@@ -89,8 +89,9 @@ def test_the_medquad_split_is_document_disjoint(shared_data):
 def test_trim_answer_keeps_whole_sentences_within_the_budget(tokenizer):
     from ragqa.train.data import trim_answer
 
-    answer = ("Key Points\n - Lamellar ichthyosis is a rare genetic skin condition. - Babies are born in a shiny "
-              "membrane. - The skin later forms large dark scales. Treatment keeps the skin moist.")
+    answer = ("What is lamellar ichthyosis? Key Points\n - Lamellar ichthyosis is a rare genetic skin condition. "
+              "- Babies are born in a shiny membrane. - The skin later forms large dark scales. Treatment keeps the "
+              "skin moist.")
     size = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     assert trim_answer(answer, tokenizer, None) == answer
     short = trim_answer(answer, tokenizer, 24)

@@ -214,8 +214,9 @@ def raft_context(retriever, row: QARow, k: int, p: float, seed: int, mode: str,
 
 def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
     """The answer's leading whole sentences that fit in `budget` tokens (at least the first sentence, cut to
-    the budget in words if it alone is longer); short headings without a full stop ("Key Points") are left
-    out. None keeps the answer as it is."""
+    the budget in words if it alone is longer). Headings are left out: short lines without a full stop ("Key
+    Points") and questions (MedQuAD passages open with their question: "What causes X?"; a target that repeats
+    it teaches the model to echo the question). None keeps the answer as it is."""
     if budget is None:
         return answer
     from ragqa.judge.text import split_sentences
@@ -223,7 +224,7 @@ def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
     def size(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    sentences = [s for s in split_sentences(answer) if s[-1] in ".!?:;)" or len(s.split()) > 4]
+    sentences = [s for s in split_sentences(answer) if not s.endswith("?") and (s[-1] in ".!:;)" or len(s.split()) > 4)]
     kept: list[str] = []
     for sentence in sentences or [answer.strip()]:
         if size(" ".join([*kept, sentence])) > budget:
