@@ -4,9 +4,9 @@ A claim's score is the share of its content words (BM25's tokenization: English 
 Snowball stems) that occur in a passage, best passage wins. It sees copying and close paraphrase, not
 meaning: a swapped entity among many shared words still scores high, and it cannot tell "contradicted"
 from "not stated", so it never labels a contradiction (metrics that need one report n/a). One cheap
-meaning check is made: a claim whose negation ("not", "no", "never", "n't", ...) disagrees with the
-passage sentence it shares most words with scores 0, so "X does not prevent Y" is not supported by
-"X prevents Y" (nor the reverse).
+meaning check is made: when a claim denies a word ("not", "no", "never", "n't", ... followed within a few
+words by it) that the passage sentence sharing most of its words asserts, or the reverse, it scores 0, so
+"warmth does not prevent chilblains" is not supported by "warmth prevents chilblains".
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ LEXICAL_THRESHOLD = 0.6
 sentence copied or lightly reworded from a passage passes (the small generator mostly copies) while one
 that shares only the topic word or two of a passage does not."""
 
-_NEGATION_RE = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot)\b|n't\b", re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(?:not|no|never|none|neither|nor|cannot|without)\b|n't\b", re.IGNORECASE)
+_SCOPE_WORDS = 4
+"""How many words after a negation cue it is taken to deny (up to the next punctuation)."""
 
 
 def _stems(texts: list[str]) -> list[set[str]]:
@@ -31,8 +33,20 @@ def _stems(texts: list[str]) -> list[set[str]]:
     return [set(tokens) for tokens in bm25_tokenize(texts, return_ids=False)] if texts else []
 
 
-def _negated(text: str) -> bool:
-    return _NEGATION_RE.search(text) is not None
+def _negated_scope(text: str) -> str:
+    """The words a negation denies: up to _SCOPE_WORDS words after each cue, within its clause."""
+    scopes = []
+    for match in _NEGATION_RE.finditer(text):
+        clause = re.split(r"[,.;:!?()]", text[match.end():], maxsplit=1)[0]
+        scopes.append(" ".join(clause.split()[:_SCOPE_WORDS]))
+    return " ".join(scopes)
+
+
+def _polarity_clash(claim: tuple[set[str], set[str]], sentence: tuple[set[str], set[str]]) -> bool:
+    """(words, negated words) of each: does one deny a word the other asserts?"""
+    (claim_words, claim_denied), (sentence_words, sentence_denied) = claim, sentence
+    return bool(claim_denied & (sentence_words - sentence_denied)
+                or sentence_denied & (claim_words - claim_denied))
 
 
 class LexicalJudge:
@@ -44,25 +58,29 @@ class LexicalJudge:
     """Only an NLI judge can say a claim is contradicted; this one says supported or not."""
 
     def score_claims(self, claims: Sequence[str], passages: Sequence) -> list[ClaimScore]:
-        """Each claim's best share of content stems found in one passage (0 on a negation mismatch)."""
+        """Each claim's best share of content stems found in one passage (0 on a negation clash)."""
         texts = [passage_text(p) for p in passages]
-        sentences = [split_sentences(t) for t in texts]
-        flat = [s for group in sentences for s in group]
-        stems = _stems(list(claims) + texts + flat)
-        claim_stems, passage_stems = stems[: len(claims)], stems[len(claims) : len(claims) + len(texts)]
-        sentence_stems = iter(stems[len(claims) + len(texts) :])
-        per_passage = [[(s, next(sentence_stems)) for s in group] for group in sentences]
+        sentences = [s for t in texts for s in split_sentences(t)]
+        owner = [i for i, t in enumerate(texts) for _ in split_sentences(t)]
+        units = list(claims) + sentences
+        stems = iter(_stems(texts + units + [_negated_scope(u) for u in units]))
+        passage_words = [next(stems) for _ in texts]
+        unit_words = [next(stems) for _ in units]
+        unit_denied = [next(stems) for _ in units]
         scored = []
-        for claim, words in zip(claims, claim_stems, strict=True):
+        for c, claim in enumerate(claims):
+            words = unit_words[c]
             if not words or not texts:
                 scored.append(ClaimScore(claim, 0.0, "neutral", None))
                 continue
-            shares = [len(words & p) / len(words) for p in passage_stems]
+            shares = [len(words & p) / len(words) for p in passage_words]
             best = max(range(len(shares)), key=shares.__getitem__)
             score = shares[best]
-            closest = max(per_passage[best], key=lambda sw: len(words & sw[1]), default=(texts[best], set()))
-            if _negated(claim) != _negated(closest[0]):
-                score = 0.0
+            mine = [len(claims) + j for j, o in enumerate(owner) if o == best]
+            if mine:
+                closest = max(mine, key=lambda u: len(words & unit_words[u]))
+                if _polarity_clash((words, unit_denied[c]), (unit_words[closest], unit_denied[closest])):
+                    score = 0.0
             label = "entailment" if score >= self.threshold else "neutral"
             scored.append(ClaimScore(claim, score, label, best, {"overlap": shares[best]}))
         return scored
