@@ -193,14 +193,14 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
                  if summary["comparisons"] else ""), ""]
     lines += ["## Matrix (mean [95% CI])", "", "| metric | " + " | ".join(configs) + " | winner |",
               "|---|" + "---|" * (len(configs) + 1)]
-    for metric, row in table.items():
-        winner = ", ".join(summary["winners"].get(metric, [])) or "-"
-        lines.append(f"| {metric} | " + " | ".join(_cell(row[c]) for c in configs) + f" | {winner} |")
     shown = list(table)
     if "ref_support" in table and "ref_contradiction" not in table:  # the scorer cannot say contradiction
-        lines.append("| ref_contradiction | " + " | ".join("n/a" for _ in configs) + " | - |")
         sources["ref_contradiction"] += " (n/a: only an NLI judge can say contradiction)"
         shown.insert(shown.index("ref_support") + 1, "ref_contradiction")
+    for metric in shown:
+        winner = ", ".join(summary["winners"].get(metric, [])) or "-"
+        cells = [_cell(table[metric][c]) if metric in table else "n/a" for c in configs]
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {winner} |")
     lines += ["", "Metric sources:", ""] + [f"- `{m}`: {sources.get(m, m)}" for m in shown] + [""]
     lines += _check_section(summary) + _failure_mode_section(summary)
     if summary["comparisons"]:
