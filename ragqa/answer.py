@@ -147,6 +147,9 @@ class Pipeline:
 
             start = time.perf_counter()
             self._checker = support_scorer(self.cfg)
+            # One-time set-up (tokenizers, sentence splitter tables, the judge's first forward) is load time,
+            # so verify_s measures checking alone.
+            self._checker.score_claims(["Skin is an organ."], ["Skin is an organ."])
             self._unreported_load_s += time.perf_counter() - start
         return self._checker
 

@@ -277,9 +277,10 @@ class Scorer:
         """The answer before the check (ask.verify); None when it was not checked."""
         scores: dict[str, float | None] = {"abstained": float(abstained)}
         failures: dict[str, str] = {}
+        if passages:  # retrieval rows: retrieval abstentions count as not withdrawn
+            scores["withdrawn"] = float(abstained and raw is not None)
         if raw is not None:
             sentences = record.get("sentences") or []
-            scores["withdrawn"] = float(abstained)
             if sentences:
                 scores["check_removed"] = sum(not s.get("supported") for s in sentences) / len(sentences)
         if not abstained and not record.get("error"):
