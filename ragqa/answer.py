@@ -1,8 +1,9 @@
-"""The answer pipeline shared by `ask` and `eval`: retrieve -> prompt -> generate (streaming) -> citations.
+"""The answer pipeline shared by `ask` and `eval`: retrieve -> prompt -> generate (streaming) -> citations
+-> check (ask.verify: sentences the passages do not support are removed; ragqa.judge.check).
 
 Model, adapter and index are loaded once per Pipeline; every later question pays only for retrieval
-and generation. When retrieval finds nothing close enough, the pipeline abstains instead of letting
-the model improvise.
+and generation. When retrieval finds nothing close enough, or the check leaves no supported sentence, the
+pipeline abstains instead of letting the model improvise.
 """
 
 from __future__ import annotations
@@ -52,6 +53,17 @@ class Answer:
     adapter: str | None
     timings: dict[str, float] = field(default_factory=dict)
     disclaimer: str | None = None
+    raw_answer: str | None = None
+    """The answer as generated (citations cleaned) before the check; None when it was not checked."""
+    sentences: list[dict] | None = None
+    """Per sentence of raw_answer: {text, supported, score, passage, label} (ragqa.judge.check.SentenceCheck)."""
+    checked_by: str | None = None
+    """The scorer that checked the answer (a judge's name, or 'lexical'); None when not checked."""
+
+    @property
+    def withdrawn(self) -> bool:
+        """Abstained because the check found no supported sentence (the model did answer)."""
+        return self.abstained and self.raw_answer is not None
 
     def to_dict(self) -> dict:
         cited = [
@@ -69,6 +81,9 @@ class Answer:
             "passages": [p.to_dict() for p in self.passages],
             "timings": self.timings,
             "disclaimer": self.disclaimer,
+            "raw_answer": self.raw_answer,
+            "sentences": self.sentences,
+            "checked_by": self.checked_by,
         }
 
 
@@ -110,6 +125,7 @@ class Pipeline:
         if cfg.ask.quantize == "int8":
             self.model = quantize_int8(self.model)
         self._retriever = None
+        self._checker = None
         self._unreported_load_s = time.perf_counter() - start
         """Load time not yet attributed to an answer's timings (reported once, by the next answer)."""
 
@@ -123,6 +139,20 @@ class Pipeline:
             self._retriever = Retriever.from_config(self.cfg)
             self._unreported_load_s += time.perf_counter() - start
         return self._retriever
+
+    @property
+    def checker(self):
+        """The support scorer that checks answers (ask.verify), loaded on first use."""
+        if self._checker is None:
+            from ragqa.judge import support_scorer
+
+            start = time.perf_counter()
+            self._checker = support_scorer(self.cfg)
+            # One-time set-up (tokenizers, sentence splitter tables, the judge's first forward) is load time,
+            # so verify_s measures checking alone.
+            self._checker.score_claims(["Skin is an organ."], ["Skin is an organ."])
+            self._unreported_load_s += time.perf_counter() - start
+        return self._checker
 
     def retrieve(self, question: str, mode: str, k: int) -> list[Passage]:
         if mode == "none":
@@ -138,8 +168,11 @@ class Pipeline:
 
     def prompt_for(self, question: str, passages: list[Passage], mode: str) -> str:
         """The exact prompt text generation starts from (passages trimmed to the context budget)."""
-        shown = None if mode == "none" else fit_passages(self.tokenizer, passages, self.cfg.ask.context_tokens)
-        return render_prompt(self.tokenizer, question, shown)
+        return render_prompt(self.tokenizer, question, self.shown(passages, mode))
+
+    def shown(self, passages: list[Passage], mode: str) -> list[Passage] | None:
+        """The passages as the prompt shows them (trimmed to the context budget); None when closed-book."""
+        return None if mode == "none" else fit_passages(self.tokenizer, passages, self.cfg.ask.context_tokens)
 
     def answer(
         self,
@@ -173,8 +206,11 @@ class Pipeline:
             raise ValueError("on_token streams one answer: pass a single question")
         k = k or self.cfg.retrieval.k
         questions = [clean_question(q) for q in questions]
+        verify = self.cfg.ask.verify and mode != "none"  # closed-book answers have no passages to check against
         if mode != "none":
             self.retriever  # noqa: B018 - load before timing retrieval, so load time is reported apart
+        if verify:
+            self.checker  # noqa: B018 - likewise: a judge's load time is not checking time
         load_s, self._unreported_load_s = self._unreported_load_s, 0.0
         adapter = self.adapter if use_adapter and self.adapter is not None else None
         add_disclaimer = self.cfg.ask.disclaimer if disclaimer is None else disclaimer
@@ -197,11 +233,30 @@ class Pipeline:
             generated = self._generate(prompts, adapter is not None, on_token)
             for (i, passages, timings), (raw, gen_timings) in zip(to_generate, generated, strict=True):
                 timings.update(gen_timings)
-                timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"], 4)
                 cleaned = clean_citations(raw, len(passages))
-                answers[i] = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
-                                    mode, adapter, timings, note)
+                answer = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
+                                mode, adapter, timings, note)
+                if verify:
+                    self._check(answer, mode)
+                timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"]
+                                           + timings.get("verify_s", 0.0), 4)
+                answers[i] = answer
         return answers
+
+    def _check(self, answer: Answer, mode: str) -> None:
+        """Keep the answer's supported sentences (ask.verify); none left -> abstain with the nearest sources."""
+        from ragqa.judge.check import check_answer
+
+        start = time.perf_counter()
+        checked = check_answer(self.checker, answer.answer, self.shown(answer.passages, mode))
+        answer.timings["verify_s"] = round(time.perf_counter() - start, 4)
+        answer.raw_answer, answer.checked_by = answer.answer, checked.checked_by
+        answer.sentences = [s.to_dict() for s in checked.sentences]
+        if checked.supported:
+            answer.answer = checked.text
+            answer.citations = clean_citations(checked.text, len(answer.passages)).cited
+        else:
+            answer.answer, answer.citations, answer.abstained = ABSTAIN_TEXT, [], True
 
     def _generate(self, prompts: list[str], use_adapter: bool, on_token) -> list[tuple[str, dict[str, float]]]:
         """Generate for the prompts: a lone prompt streams (on_token, time to first token), several run as one

@@ -6,6 +6,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.text import Text
 
 from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
 from ragqa.config import Config
@@ -49,10 +50,40 @@ def print_sources(answer, only_cited: bool = True) -> None:
                   f"      [dim]{where} · {markup_safe(p.chunk_id)}[/dim]")
 
 
+NOT_CHECKED_NOTE = "Not checked: a closed-book answer has no passages to check it against."
+
+
+def print_check(answer, streamed: bool) -> None:
+    """After a checked answer: the sentences removed (dim, marked) and which scorer checked it.
+
+    Sentences are model output: printed as plain Text, never as rich markup."""
+    if answer.checked_by is None:
+        if answer.retrieval == "none" and not answer.abstained:
+            out.print(Text(NOT_CHECKED_NOTE, style="dim"))
+        return
+    sentences = answer.sentences or []
+    if answer.withdrawn:
+        where = "above " if streamed else ""
+        out.print(Text(f"No sentence of the answer {where}is supported by the passages "
+                       f"(checked by {answer.checked_by}): it is withdrawn.", style="yellow"))
+        if not streamed:
+            for s in sentences:
+                out.print(Text.assemble(("  removed: ", "dim"), (s["text"], "dim strike")))
+        return
+    removed = [s for s in sentences if not s["supported"]]
+    for s in removed:
+        out.print(Text.assemble(("removed (not supported by the passages): ", "dim"), (s["text"], "dim strike")))
+    kept = len(sentences) - len(removed)
+    out.print(Text(f"checked by {answer.checked_by}: {kept} of {len(sentences)} sentence(s) supported", style="dim"))
+
+
 def _show(answer, as_json: bool, streamed: bool) -> None:
     if as_json:
         print(json.dumps(answer.to_dict()), flush=True)
         return
+    if answer.withdrawn:
+        out.print()
+        print_check(answer, streamed)
     if answer.abstained:
         out.print(plain(answer.answer, style="yellow", newlines=True))
         print_sources(answer, only_cited=False)
@@ -63,13 +94,15 @@ def _show(answer, as_json: bool, streamed: bool) -> None:
             out.print()
         if answer.removed_citations:
             out.print(f"[dim]({answer.removed_citations} citation marker(s) pointing at no passage removed)[/dim]")
+        print_check(answer, streamed)
         if answer.retrieval == "none":
             out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
         else:
             print_sources(answer)
     t = answer.timings
     out.print(f"[dim]retrieval {t.get('retrieve_s', 0):.2f}s · first token {t.get('ttft_s', 0):.2f}s · "
-              f"{t.get('tokens_per_s', 0):.1f} tok/s[/dim]")
+              f"{t.get('tokens_per_s', 0):.1f} tok/s"
+              + (f" · check {t['verify_s']:.2f}s" if "verify_s" in t else "") + "[/dim]")
     if answer.disclaimer:
         out.print(f"[dim italic]{answer.disclaimer}[/dim italic]")
 
@@ -81,7 +114,7 @@ def answer_one(pipe, question: str, mode: str, k: int, as_json: bool):
     if not as_json and mode == "none":
         out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
     answer = pipe.answer(question, retrieval=mode, k=k, on_token=stream)
-    _show(answer, as_json, streamed=stream is not None and not answer.abstained)
+    _show(answer, as_json, streamed=stream is not None and (not answer.abstained or answer.withdrawn))
     return answer
 
 

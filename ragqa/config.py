@@ -150,6 +150,10 @@ class AskConfig(_Section):
     threads: int | None = Field(None, gt=0)
     static_cache: bool = True
     """Preallocated KV cache while generating: same greedy tokens, faster decode than the growing default."""
+    verify: bool = True
+    """Check answers: each sentence is scored against the passages it cites (all shown passages when it cites
+    none) by the judge (judge.name; the lexical scorer while no default judge is trained); unsupported
+    sentences are removed, and an answer left with none abstains. Closed-book answers are not checked."""
     quantize: Literal["none", "int8"] = "none"
     """int8: dynamic int8 Linear layers on CPU: ~1.5x faster prefill, ~1.3x decode, but the answers change and
     were worse on the 5 questions checked (benchmarks/ask.py row base_int8), so it is off by default."""
@@ -160,7 +164,8 @@ class JudgeConfig(_Section):
 
     name: str = "default"
     """Judge that scores: a trained judge name (judges/NAME or the cache), a folder, a hub NLI cross-encoder
-    id, or 'llm' (an OpenAI-compatible endpoint, see llm_url)."""
+    id, 'llm' (an OpenAI-compatible endpoint, see llm_url) or 'lexical' (content-word overlap). Checking answers
+    (ask.verify) falls back to 'lexical' while no judge named 'default' is trained."""
     base: str = "minilm"
     """Starting weights for `ragqa judge train`: registry name, local folder or hub id."""
     nli: str | None = "../shared/data/nli/snli-train.jsonl"

@@ -22,7 +22,10 @@ def pipeline(starter_index):
     from ragqa.answer import Pipeline
     from ragqa.config import load_config
 
-    cfg = load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=48", "retrieval.k=3"])
+    # Retrieval, abstention and generation as such: unchecked, so a withdrawn answer cannot hide them (the check,
+    # ask.verify, is tested in test_check.py).
+    cfg = load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=48", "retrieval.k=3",
+                             "ask.verify=false"])
     return Pipeline(cfg)
 
 
@@ -31,7 +34,10 @@ def test_one_shot_json(starter_index):
                   "--max-new-tokens", "40")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout.strip().splitlines()[-1])
-    assert data["answer"].strip() and data["abstained"] is False
+    assert data["answer"].strip() and data["raw_answer"].strip()
+    # Checked by default: every generated sentence with its verdict; withdrawn when none is supported.
+    assert data["checked_by"] and data["sentences"] and "verify_s" in data["timings"]
+    assert data["abstained"] is not any(s["supported"] for s in data["sentences"])
     assert len(data["passages"]) == 3
     assert any("scabies" in p["title"].lower() for p in data["passages"])
     assert all("dense" in p["scores"] for p in data["passages"])
@@ -107,7 +113,7 @@ def test_static_cache_gives_the_same_greedy_answer(pipeline, starter_index):
 
     assert pipeline.cfg.ask.static_cache  # the default
     plain = Pipeline(load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=48", "retrieval.k=3",
-                                        "ask.static_cache=false"]))
+                                        "ask.static_cache=false", "ask.verify=false"]))
     question = "How is scabies treated?"
     static, dynamic = pipeline.answer(question), plain.answer(question)
     assert static.answer and static.answer == dynamic.answer
@@ -121,7 +127,7 @@ def test_int8_quantization_answers_with_int8_layers(starter_index):
     from ragqa.config import load_config
 
     pipe = Pipeline(load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=16", "retrieval.k=3",
-                                       "ask.quantize=int8"]))
+                                       "ask.quantize=int8", "ask.verify=false"]))
     layer = pipe.model.model.layers[0].mlp.down_proj
     assert isinstance(layer, torch.ao.nn.quantized.dynamic.Linear)
     ans = pipe.answer("What causes cold sores?")

@@ -245,3 +245,33 @@ def test_report_files_are_written_and_well_formed(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["metrics"]["token_f1"]["base"]["n"] == 48
     assert not list(tmp_path.glob(".*.tmp*"))  # no temp files left behind
+
+
+def test_checked_rows_failure_modes_and_correctness_reach_summary_and_report(tmp_path):
+    records = _synthetic_records()
+    for r in records:
+        q, checked = int(r["qid"][1:]), bool(r["passages"])
+        r["scores"].update({"echo_or_short": float(q == 0), "repetition": 0.0, "ref_support": 0.5 + 0.01 * (q % 3)})
+        if checked:
+            r.update(raw_answer=r["answer"] + " Extra.", checked_by="lexical",
+                     sentences=[{"text": "a", "supported": True}, {"text": "b", "supported": q % 2 == 0}])
+            r["scores"].update({"cites": float(q % 12 != 0), "token_f1_raw": r["scores"]["token_f1"] + 0.01,
+                                "check_removed": 0.5 * (q % 2), "withdrawn": 0.0})
+            r["timings"]["verify_s"] = 0.02
+    s = summarize(records, CONFIGS, seed=0, n_resamples=300)
+    modes = s["failure_modes"]
+    assert modes["echo_or_short"]["base"] == {"rate": pytest.approx(1 / 48, abs=1e-6), "n": 48, "target": "<= 0.02",
+                                              "ok": False}
+    assert modes["repetition"]["rag"]["ok"] is True
+    assert modes["cites"]["rag"]["rate"] == pytest.approx(44 / 48, abs=1e-6) and modes["cites"]["rag"]["ok"] is False
+    assert modes["cites"]["base"]["rate"] is None and modes["cites"]["base"]["ok"] is None
+    assert s["checked_by"] == {"base": [], "lora": [], "rag": ["lexical"], "rag+lora": ["lexical"]}
+    assert s["metrics"]["ref_support"]["base"]["n"] == 48 and s["latency"]["rag"]["verify_s"] == 0.02
+    meta = {"questions": "synthetic", "nli_judge": "not run", "ref_scorer": "lexical"}
+    write_report(tmp_path, records, CONFIGS, meta, seed=0, n_resamples=300)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Answer check" in md and "| rag | lexical |" in md and "(-0.010)" in md
+    assert "## Failure modes" in md and "| echo_or_short | <= 0.02 | 2.1% of 48 ✗" in md
+    assert "| ref_contradiction | n/a | n/a | n/a | n/a | - |" in md  # the lexical scorer cannot say it
+    assert "`ref_support`: " in md and "scorer: lexical" in md
+    assert "before the check (lexical)" in md  # the worst answers show what the check removed

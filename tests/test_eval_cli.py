@@ -52,6 +52,17 @@ def test_eval_end_to_end_and_rerun_is_identical(index, tmp_path):
     assert "nli_judge: disabled" in md
     assert (out / "matrix.png").stat().st_size > 5000 and (out / "report.html").stat().st_size > 5000
     summary = json.loads((out / "summary.json").read_text())
+    # Checked answers (ask.verify, on by default) on the rag rows; correctness and failure modes on every row.
+    for r in records:
+        rag_row = r["config"] == "rag"
+        assert (r["checked_by"] is not None) == rag_row and (r["raw_answer"] is not None) == rag_row
+        assert ("token_f1_raw" in r["scores"]) == rag_row and ("withdrawn" in r["scores"]) == rag_row
+        if not r["abstained"]:
+            assert {"ref_support", "echo_or_short", "repetition"} <= set(r["scores"]) | set(r["failures"])
+    assert set(summary["failure_modes"]) >= {"echo_or_short", "repetition"} or all(r["abstained"] for r in records)
+    assert summary["checked_by"]["base"] == [] and summary["checked_by"]["rag"]
+    assert "verify_s" in summary["latency"]["rag"] and "abstained" in summary["metrics"]
+    assert "## Answer check" in md and "ref_scorer: " in md
 
     again = run_cli(*args)  # everything done: resumes to nothing, same seed gives the same numbers
     assert again.returncode == 0, again.stderr

@@ -122,3 +122,34 @@ def test_local_llm_judge_counts_every_outcome(embedder):
         assert failures["llm_context_recall"] in ("parse", "nan") or failures["llm_context_recall"].startswith(
             "error:"), failures
     assert "llm_faithfulness" not in scores  # only the metrics asked for run
+
+
+def test_correctness_against_the_reference_for_every_row(embedder):
+    """ref_support scores answer sentences against the reference, with no passages needed (closed-book rows)."""
+    from ragqa.judge.lexical import LexicalJudge
+
+    scorer = Scorer(embedder, ref_judge=LexicalJudge())
+    mixed = FAITHFUL + " Antibiotic tablets taken for a month clear the mites."
+    good, good_fail = scorer.score(QUESTION, {"answer": FAITHFUL, "passages": []})
+    half, _ = scorer.score(QUESTION, {"answer": mixed, "passages": []})
+    bad, _ = scorer.score(QUESTION, {"answer": CONTRADICTING, "passages": []})
+    assert good["ref_support"] == 1.0 and half["ref_support"] == 0.5 and bad["ref_support"] == 0.0
+    assert "ref_contradiction" not in good and "ref_contradiction" not in good_fail  # lexical: cannot say it
+    abstained, _ = scorer.score(QUESTION, {"answer": "I could not find it.", "passages": [GOLD], "abstained": True})
+    assert "ref_support" not in abstained
+
+
+def test_checked_answers_get_raw_metrics_and_failure_modes(scorer):
+    raw = FAITHFUL + " Eating garlic cures it."
+    sentences = [{"text": FAITHFUL, "supported": True}, {"text": "Eating garlic cures it.", "supported": False}]
+    record = {"answer": FAITHFUL, "raw_answer": raw, "sentences": sentences, "passages": [GOLD], "abstained": False}
+    scores, failures = scorer.score(QUESTION, record)
+    assert failures == {}
+    assert scores["token_f1_raw"] == pytest.approx(token_f1(raw, QUESTION["answer"]))
+    assert scores["token_f1_raw"] < scores["token_f1"]
+    assert scores["check_removed"] == 0.5 and scores["withdrawn"] == 0.0
+    assert scores["echo_or_short"] == 0.0 and scores["repetition"] == 0.0 and scores["cites"] == 1.0
+    withdrawn, _ = scorer.score(QUESTION, {**record, "answer": "I could not find it.", "abstained": True})
+    assert withdrawn["withdrawn"] == 1.0 and "echo_or_short" not in withdrawn and "cites" not in withdrawn
+    closed, _ = scorer.score(QUESTION, {"answer": "Permethrin.", "passages": []})
+    assert closed["echo_or_short"] == 1.0 and "cites" not in closed and "withdrawn" not in closed

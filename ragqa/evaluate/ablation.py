@@ -223,6 +223,7 @@ def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> Re
             raise RagqaError(f"{output} holds results of a different run ({', '.join(changed)} changed): "
                              "use --fresh to start over, or another --output")
     write_json_atomic(meta_path, {"fingerprint": fingerprint, "nli_judge": previous.get("nli_judge", "not run"),
+                                  "ref_scorer": previous.get("ref_scorer", "not run"),
                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2, sort_keys=True)
     return ResultsLog(results)
 
@@ -245,6 +246,16 @@ def load_nli_judge(cfg: Config, spec: str | None):
     except RagqaError as exc:
         return None, f"not available ({exc})"
     return judge, f"NLI judge {judge.name}"
+
+
+def load_ref_judge(nli):
+    """The scorer of ref_support / ref_contradiction: the NLI judge when one runs, else the lexical scorer
+    (which cannot say contradiction, so ref_contradiction is then n/a)."""
+    if nli is not None:
+        return nli
+    from ragqa.judge.lexical import LexicalJudge
+
+    return LexicalJudge()
 
 
 def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
@@ -292,6 +303,9 @@ def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str,
                  "timings": {}, "error": str(exc)}]
     return [{**_record_base(row, config), "answer": ans.answer, "passages": [_passage_record(p) for p in ans.passages],
              "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
+             # The check (ask.verify): the answer before it, its sentences' verdicts and the scorer that ruled.
+             "raw_answer": getattr(ans, "raw_answer", None), "sentences": getattr(ans, "sentences", None),
+             "checked_by": getattr(ans, "checked_by", None),
              "error": None} for row, ans in zip(rows, answers, strict=True)]
 
 
@@ -326,19 +340,22 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     output = Path(output)
     log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
     meta_path = output / RUN_META
-    nli_note = json.loads(meta_path.read_text(encoding="utf-8")).get("nli_judge", "not run")
+    previous = json.loads(meta_path.read_text(encoding="utf-8"))
+    nli_note, ref_note = previous.get("nli_judge", "not run"), previous.get("ref_scorer", "not run")
     start = time.perf_counter()
     if any((r["id"], c.name) not in log.done for r in rows for c in plan):
         from ragqa.evaluate.metrics import Scorer, make_llm_judge
         from ragqa.models import load_embedder
 
         nli, nli_note = load_nli_judge(cfg, nli_judge)
-        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note},
-                          indent=2, sort_keys=True)
+        ref_judge = load_ref_judge(nli)
+        ref_note = ref_judge.name
+        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note,
+                                      "ref_scorer": ref_note}, indent=2, sort_keys=True)
         llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens) if judge \
             else None
         scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
-                        llm_metrics=cfg.eval.judge_metrics)
+                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge)
         run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
     elapsed = time.perf_counter() - start
     names = [c.name for c in plan]
@@ -349,7 +366,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
             + (f" (first {limit})" if limit else ""),
             "adapter": adapter or "none", "model": cfg.model.base, "index": cfg.index.name,
             "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
-            "nli_judge": nli_note, "excluded_trained": notes["excluded_trained"]}
+            "nli_judge": nli_note, "ref_scorer": ref_note, "answer check (ask.verify)": cfg.ask.verify,
+            "excluded_trained": notes["excluded_trained"]}
     if "warning" in notes:
         meta["warning"] = notes["warning"]
     summary = report.write_report(output, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap)

@@ -3,10 +3,13 @@
 Offline by default. Reference metrics use ragas' non-LLM metrics (ROUGE-L, string presence, semantic
 similarity with the local embedder) plus token F1 and a BERTScore-style greedy token match; retrieval
 metrics use ragas' id-based context precision/recall on the gold document ids; faithfulness comes from
-the local NLI judge (ragqa.judge) when one is trained. LLM-judged ragas metrics (faithfulness, answer
-relevancy, context precision/recall) run only when a judge is configured (`local:NAME` or
-`openai:MODEL`). Every metric that should have run but gave no number is recorded in `failures` with
-the reason (nan, parse, error), never silently dropped.
+the local NLI judge (ragqa.judge) when one is trained. Correctness (ref_support, ref_contradiction) scores
+each answer sentence against the reference answer with the support scorer (NLI judge, else lexical), so
+closed-book rows are measured for hallucination too. Checked answers (ask.verify) also get token_f1_raw
+and nli_faithfulness_raw of the answer before the check; failure modes come from ragqa.evaluate.failures.
+LLM-judged ragas metrics (faithfulness, answer relevancy, context precision/recall) run only when a judge
+is configured (`local:NAME` or `openai:MODEL`). Every metric that should have run but gave no number is
+recorded in `failures` with the reason (nan, parse, error), never silently dropped.
 """
 
 from __future__ import annotations
@@ -52,8 +55,25 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("llm_answer_relevancy", "llm-judge", "ragas AnswerRelevancy with the configured LLM judge"),
     MetricInfo("llm_context_precision", "llm-judge", "ragas ContextPrecisionWithReference, LLM judge"),
     MetricInfo("llm_context_recall", "llm-judge", "ragas ContextRecall with the configured LLM judge"),
+    MetricInfo("token_f1_raw", "reference", "token_f1 of the answer as generated, before the check (ask.verify)"),
+    MetricInfo("nli_faithfulness_raw", "faithfulness", "nli_faithfulness of the answer before the check"),
+    MetricInfo("ref_support", "correctness", "share of answer sentences the reference answer supports"),
+    MetricInfo("ref_contradiction", "correctness", "share of answer sentences the reference answer contradicts "
+               "(NLI judge only)", higher_is_better=False),
     MetricInfo("abstained", "answer", "share of questions the pipeline abstained on", higher_is_better=False),
+    MetricInfo("withdrawn", "answer", "share of questions abstained on because the check left no supported "
+               "sentence (included in abstained)", higher_is_better=False),
+    MetricInfo("check_removed", "answer", "share of the generated sentences the check removed",
+               higher_is_better=False),
+    MetricInfo("echo_or_short", "failure-mode", "answers under 5 words outside yes/no questions, or mostly the "
+               "question (ragqa.evaluate.failures; answers given)", higher_is_better=False),
+    MetricInfo("repetition", "failure-mode", "answers in a repetition loop: a word 3-gram 4+ times "
+               "(ragqa.evaluate.failures; answers given)", higher_is_better=False),
+    MetricInfo("cites", "failure-mode", "answers citing at least one passage [n] (answers given, with passages)"),
 ]}
+
+FAILURE_TARGETS = {"echo_or_short": ("<=", 0.02), "repetition": ("<=", 0.01), "cites": (">=", 0.95)}
+"""Issue #21's bounds on the failure-mode rates (shown beside them in the report)."""
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -201,8 +221,10 @@ def _failure_reason(exc: BaseException) -> str:
 class Scorer:
     """Scores one answer record against its question row; all models loaded once."""
 
-    def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None):
-        """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four)."""
+    def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None,
+                 ref_judge=None):
+        """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four). ref_judge: the support
+        scorer for ref_support / ref_contradiction (ragqa.judge.support_scorer; None: not run)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
@@ -215,6 +237,7 @@ class Scorer:
 
         self.embedder = embedder
         self.nli_judge = nli_judge
+        self.ref_judge = ref_judge
         embeddings = local_embeddings(embedder)
         self._rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
         self._presence = StringPresence()
@@ -253,8 +276,24 @@ class Scorer:
         passages = record.get("passages") or []
         contexts = [p.get("text", "") for p in passages]
         gold = [str(g) for g in row.get("gold_passage_ids") or []]
-        scores: dict[str, float | None] = {"abstained": float(bool(record.get("abstained")))}
+        abstained = bool(record.get("abstained"))
+        raw = record.get("raw_answer")
+        """The answer before the check (ask.verify); None when it was not checked."""
+        scores: dict[str, float | None] = {"abstained": float(abstained)}
         failures: dict[str, str] = {}
+        if passages:  # retrieval rows: retrieval abstentions count as not withdrawn
+            scores["withdrawn"] = float(abstained and raw is not None)
+        if raw is not None:
+            sentences = record.get("sentences") or []
+            if sentences:
+                scores["check_removed"] = sum(not s.get("supported") for s in sentences) / len(sentences)
+        if not abstained and not record.get("error"):
+            from ragqa.evaluate.failures import cites, echo_or_short, repetition
+
+            scores["echo_or_short"] = float(echo_or_short(question, answer))
+            scores["repetition"] = float(repetition(answer))
+            if passages:
+                scores["cites"] = float(cites(answer))
 
         async def run(name: str, fn) -> None:
             try:
@@ -273,6 +312,8 @@ class Scorer:
 
         norm_answer, norm_ref = normalize(answer), normalize(reference)
         await run("token_f1", lambda: token_f1(answer, reference))
+        if raw is not None:
+            await run("token_f1_raw", lambda: token_f1(raw, reference))
         await run("rouge_l", lambda: self._rouge.ascore(reference=reference, response=answer))
         await run("bertscore", lambda: bertscore_f1(self.embedder, answer, reference))
         pair = dict(reference=reference, response=answer)
@@ -290,9 +331,27 @@ class Scorer:
             await run("context_precision", lambda: self._id_precision.single_turn_ascore(sample))
             await run("context_recall", lambda: self._id_recall.single_turn_ascore(sample))
             await run("mrr", lambda: rank_metrics(ids, gold, ks=())["mrr@10"])
-        if passages and not record.get("abstained"):
-            if self.nli_judge is not None:
-                await run("nli_faithfulness", lambda: self._nli(answer, passages))
+        if passages and not abstained and self.nli_judge is not None:
+            await run("nli_faithfulness", lambda: self._nli(answer, passages))
+        if passages and raw is not None and self.nli_judge is not None:
+            # Withdrawn answers too: how faithful was what the model wrote, before the check?
+            known = scores.get("nli_faithfulness") if raw == answer else None
+            await run("nli_faithfulness_raw", lambda: known if known is not None else self._nli(raw, passages))
+        if self.ref_judge is not None and not abstained and reference.strip():
+            try:
+                claims = self.ref_judge.support(answer, [reference]).claims
+            except Exception as exc:  # noqa: BLE001 - recorded per metric and reported, never dropped
+                claims, error = None, exc
+            shares = {"ref_support": lambda c: c.score >= self.ref_judge.threshold,
+                      "ref_contradiction": lambda c: c.label == "contradiction"}
+            if not getattr(self.ref_judge, "can_contradict", False):  # a lexical or yes/no scorer cannot say it
+                del shares["ref_contradiction"]
+            for name, counts in shares.items():
+                if claims is None:
+                    scores[name], failures[name] = None, _failure_reason(error)
+                else:
+                    await run(name, lambda f=counts: sum(map(f, claims)) / len(claims) if claims else math.nan)
+        if passages and not abstained:
             for name, metric in self._llm_metrics.items():
                 kwargs = {
                     "llm_faithfulness": dict(user_input=question, response=answer,

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from ragqa.evaluate.metrics import METRICS
+from ragqa.evaluate.metrics import FAILURE_TARGETS, METRICS
 from ragqa.evaluate.stats import bootstrap_ci, paired_bootstrap_pvalue
 from ragqa.files import write_files_atomic
 
@@ -56,6 +56,8 @@ def summarize(records: list[dict], configs: list[str], *, seed: int = 0, n_resam
         "winners": _winners(table),
         "comparisons": _comparisons(by_config, metrics, reference, seed, n_resamples),
         "latency": {c: _latency(v) for c, v in by_config.items()},
+        "checked_by": {c: sorted({r["checked_by"] for r in v if r.get("checked_by")}) for c, v in by_config.items()},
+        "failure_modes": _failure_modes(table, configs),
         "agreement": _agreement(records, configs),
         "seed": seed,
         "n_resamples": n_resamples,
@@ -98,13 +100,28 @@ def _comparisons(by_config, metrics, reference, seed, n_resamples) -> dict[str, 
     return out
 
 
+def _failure_modes(table: dict[str, dict[str, Any]], configs: list[str]) -> dict[str, dict[str, Any]]:
+    """Per failure mode and configuration: rate, answers counted, the issue's bound and whether it holds."""
+    out: dict[str, dict[str, Any]] = {}
+    for metric, (op, bound) in FAILURE_TARGETS.items():
+        if metric not in table:
+            continue
+        row = {}
+        for c in configs:
+            rate, n = table[metric][c]["mean"], table[metric][c]["n"]
+            ok = None if rate is None else (rate <= bound if op == "<=" else rate >= bound)
+            row[c] = {"rate": rate, "n": n, "target": f"{op} {bound:g}", "ok": ok}
+        out[metric] = row
+    return out
+
+
 def _latency(recs: list[dict]) -> dict[str, float | None]:
     def mean(key: str) -> float | None:
         values = [r["timings"][key] for r in recs if isinstance((r.get("timings") or {}).get(key), int | float)]
         return round(sum(values) / len(values), 4) if values else None
 
     return {"total_s": mean("total_s"), "generate_s": mean("generate_s"), "retrieve_s": mean("retrieve_s"),
-            "tokens_per_s": mean("tokens_per_s")}
+            "verify_s": mean("verify_s"), "tokens_per_s": mean("tokens_per_s")}
 
 
 def _agreement(records: list[dict], configs: list[str]) -> dict[str, Any]:
@@ -158,6 +175,8 @@ def _sources(meta: dict[str, Any]) -> dict[str, str]:
     sources["nli_faithfulness"] += f" — {meta.get('nli_judge') or 'not run'}"
     for m in ("llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"):
         sources[m] += f" — judge: {meta.get('judge') or 'none configured'}"
+    for m in ("ref_support", "ref_contradiction"):
+        sources[m] += f" — scorer: {meta.get('ref_scorer') or 'not run'}"
     return sources
 
 
@@ -174,10 +193,16 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
                  if summary["comparisons"] else ""), ""]
     lines += ["## Matrix (mean [95% CI])", "", "| metric | " + " | ".join(configs) + " | winner |",
               "|---|" + "---|" * (len(configs) + 1)]
-    for metric, row in table.items():
+    shown = list(table)
+    if "ref_support" in table and "ref_contradiction" not in table:  # the scorer cannot say contradiction
+        sources["ref_contradiction"] += " (n/a: only an NLI judge can say contradiction)"
+        shown.insert(shown.index("ref_support") + 1, "ref_contradiction")
+    for metric in shown:
         winner = ", ".join(summary["winners"].get(metric, [])) or "-"
-        lines.append(f"| {metric} | " + " | ".join(_cell(row[c]) for c in configs) + f" | {winner} |")
-    lines += ["", "Metric sources:", ""] + [f"- `{m}`: {sources.get(m, m)}" for m in table] + [""]
+        cells = [_cell(table[metric][c]) if metric in table else "n/a" for c in configs]
+        lines.append(f"| {metric} | " + " | ".join(cells) + f" | {winner} |")
+    lines += ["", "Metric sources:", ""] + [f"- `{m}`: {sources.get(m, m)}" for m in shown] + [""]
+    lines += _check_section(summary) + _failure_mode_section(summary)
     if summary["comparisons"]:
         others = [c for c in configs if c != REFERENCE_CONFIG]
         lines += [f"## {REFERENCE_CONFIG} vs the others (mean difference, paired bootstrap p)", "",
@@ -200,11 +225,11 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
     else:
         lines += [f"Spearman {agreement['spearman']:.3f}; same side of 0.5 in {agreement['same_side_of_0.5']:.1%} "
                   f"of {agreement['n']} answers.", ""]
-    lines += ["## Latency (mean seconds per answer)", "", "| configuration | total | retrieve | generate | tokens/s |",
-              "|---|---|---|---|---|"]
+    lines += ["## Latency (mean seconds per answer)", "",
+              "| configuration | total | retrieve | generate | check | tokens/s |", "|---|---|---|---|---|---|"]
     for c, lat in summary["latency"].items():
         lines.append(f"| {c} | {_fmt(lat['total_s'])} | {_fmt(lat['retrieve_s'])} | {_fmt(lat['generate_s'])} "
-                     f"| {_fmt(lat['tokens_per_s'], 1)} |")
+                     f"| {_fmt(lat.get('verify_s'))} | {_fmt(lat['tokens_per_s'], 1)} |")
     lines += ["", "Answers are generated in batches (`eval.batch_size`): generate is each answer's share of its "
               "batch, tokens/s the batch's generated tokens per second.", "",
               f"## Worst 5 answers per configuration (lowest {WORST_BY})", ""]
@@ -215,11 +240,62 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
             lines += [f"- **{r['qid']}** ({WORST_BY} {_fmt(score)}): {_one_line(r['question'])}",
                       f"  - reference: {_one_line(r['reference'], 300)}",
                       f"  - answer: {_one_line(r.get('error') or r['answer'], 300) or '(empty)'}"]
+            if r.get("raw_answer") is not None and r["raw_answer"] != r["answer"]:
+                lines.append(f"  - before the check ({r.get('checked_by')}): {_one_line(r['raw_answer'], 300)}")
             for i, p in enumerate(r.get("passages") or [], 1):
                 lines.append(f"  - [{i}] `{p.get('doc_id')}` {_one_line(p.get('title', ''))}: "
                              f"{_one_line(p.get('text', ''), 200)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _check_section(summary: dict[str, Any]) -> list[str]:
+    """Checked rows (ask.verify): the answer before and after the check, side by side."""
+    checked = [c for c in summary["configs"] if summary["checked_by"].get(c)]
+    if not checked:
+        return []
+    table = summary["metrics"]
+
+    def mean(metric: str, c: str) -> float | None:
+        return table.get(metric, {}).get(c, {}).get("mean")
+
+    def pair(metric: str, c: str) -> str:
+        raw, kept = mean(f"{metric}_raw", c), mean(metric, c)
+        if raw is None or kept is None:
+            return f"{_fmt(raw)} → {_fmt(kept)}"
+        return f"{raw:.3f} → {kept:.3f} ({kept - raw:+.3f})"
+
+    lines = ["## Answer check (ask.verify: unsupported sentences removed; none left -> abstain)", "",
+             "| configuration | checked by | token_f1 raw → checked | nli_faithfulness raw → checked | "
+             "sentences removed | withdrawn | abstained |", "|---|---|---|---|---|---|---|"]
+    for c in checked:
+        lines.append(f"| {c} | {', '.join(summary['checked_by'][c])} | {pair('token_f1', c)} | "
+                     f"{pair('nli_faithfulness', c)} | {_pct(mean('check_removed', c))} | "
+                     f"{_pct(mean('withdrawn', c))} | {_pct(mean('abstained', c))} |")
+    return lines + ["", "withdrawn: the check left no supported sentence, so the pipeline abstained (part of "
+                    "abstained). When the same judge checks and scores nli_faithfulness, the checked number is "
+                    "not an independent measurement.", ""]
+
+
+def _failure_mode_section(summary: dict[str, Any]) -> list[str]:
+    """Failure-mode rates per configuration against the issue's bounds (✓ holds, ✗ does not)."""
+    modes = summary["failure_modes"]
+    if not modes:
+        return []
+    configs = summary["configs"]
+    lines = ["## Failure modes (share of the answers given; abstentions not counted)", "",
+             "| failure mode | target | " + " | ".join(configs) + " |", "|---|---|" + "---|" * len(configs)]
+    for metric, row in modes.items():
+        cells = [("n/a" if v["rate"] is None else f"{v['rate']:.1%} of {v['n']} {'✓' if v['ok'] else '✗'}")
+                 for v in (row[c] for c in configs)]
+        target = next(iter(row.values()))["target"]
+        lines.append(f"| {metric} | {target} | " + " | ".join(cells) + " |")
+    return lines + ["", "echo_or_short: under 5 words outside yes/no questions, or mostly the question's words; "
+                    "repetition: a word 3-gram 4+ times; cites: at least one [n] marker (rows with passages).", ""]
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
 
 
 def _one_line(text: str, limit: int = 160) -> str:

@@ -1,9 +1,11 @@
 """The offline faithfulness judge: does a passage support a claim?
 
-Public API (used by eval):
+Public API (used by ask and eval):
     load_judge(name_or_path=None, ...) -> judge with `.name` and `.support(answer, passages)`
     default_judge(...)                 -> the trained default judge, or RagqaError saying how to train it
+    support_scorer(cfg)                -> the configured judge, or the lexical scorer when no judge is trained
     judge.support(answer, passages)    -> SupportResult(judge, faithfulness, claims=[ClaimScore ...])
+    judge.score_claims(claims, passages), judge.threshold, judge.can_contradict: used by ragqa.judge.check
 
 `passages` are strings, ragqa Passages or dicts with 'text'. Heavy libraries load on first use only.
 """
@@ -14,6 +16,9 @@ from pathlib import Path
 
 from ragqa.errors import RagqaError
 from ragqa.judge.registry import DEFAULT, TRAIN_COMMAND, find_judge, judge_roots
+
+LEXICAL = "lexical"
+"""The judge name of the lexical support scorer (ragqa.judge.lexical)."""
 
 
 def default_judge(device: str = "cpu", window_overlap: int = 1):
@@ -27,12 +32,16 @@ def default_judge(device: str = "cpu", window_overlap: int = 1):
 
 def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_overlap: int = 1,
                llm_url: str | None = None, llm_model: str | None = None):
-    """A judge by trained name, folder, hub NLI cross-encoder id, or 'llm' (OpenAI-compatible endpoint).
+    """A judge by trained name, folder, hub NLI cross-encoder id, 'llm' (OpenAI-compatible endpoint) or 'lexical'.
 
     None means the default trained judge. The judge's `.name` says which judge scored.
     """
     if name_or_path is None or name_or_path == DEFAULT and find_judge(DEFAULT) is None:
         return default_judge(device, window_overlap)
+    if name_or_path == LEXICAL:
+        from ragqa.judge.lexical import LexicalJudge
+
+        return LexicalJudge()
     if name_or_path == "llm":
         from ragqa.judge.llm import LLMJudge
 
@@ -51,7 +60,7 @@ def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_o
     if len(parts) == 2 and all(parts):
         return CrossEncoderJudge(name_or_path, name_or_path, device, window_overlap=window_overlap)
     raise RagqaError(f"unknown judge '{name_or_path}': a trained judge name (`ragqa models`), a folder, "
-                     f"a hub NLI cross-encoder id owner/name, or 'llm'; train one with `{TRAIN_COMMAND}`")
+                     f"a hub NLI cross-encoder id owner/name, 'llm' or 'lexical'; train one with `{TRAIN_COMMAND}`")
 
 
 def judge_from_config(cfg):
@@ -63,4 +72,16 @@ def judge_from_config(cfg):
                       llm_url=j.llm_url, llm_model=j.llm_model)
 
 
-__all__ = ["default_judge", "judge_from_config", "load_judge"]
+def support_scorer(cfg):
+    """What checks answers (ask.verify) and scores them against references (eval): the judge the config names,
+    except that judge.name=default with no trained default judge falls back to the lexical scorer, so a fresh
+    clone checks answers too. The scorer's `.name` says which one checked (`checked_by`). A judge named
+    explicitly that cannot load is an error, never silently replaced."""
+    if cfg.judge.name == DEFAULT and find_judge(DEFAULT) is None:
+        from ragqa.judge.lexical import LexicalJudge
+
+        return LexicalJudge()
+    return judge_from_config(cfg)
+
+
+__all__ = ["LEXICAL", "default_judge", "judge_from_config", "load_judge", "support_scorer"]

@@ -24,6 +24,10 @@ PROMPT = (
 class LLMJudge:
     """Asks a chat model whether each claim is supported; score 1.0 for yes, 0.0 for no."""
 
+    threshold = 0.5
+    can_contradict = False
+    """A yes/no judge says supported or not, never contradicted."""
+
     def __init__(self, url: str, model: str, timeout: float = 60.0):
         if not url:
             raise RagqaError("judge.name=llm needs judge.llm_url, e.g. --set judge.llm_url=http://localhost:8000/v1")
@@ -53,11 +57,15 @@ class LLMJudge:
 
     def support(self, answer: str, passages: Sequence) -> SupportResult:
         """Per-claim yes/no support; an unparseable reply counts as not supported."""
-        claims = split_claims(answer)
+        scored = self.score_claims(split_claims(answer), passages)
+        faithfulness = sum(c.score for c in scored) / len(scored) if scored else None
+        return SupportResult(self.name, faithfulness, scored)
+
+    def score_claims(self, claims: Sequence[str], passages: Sequence) -> list[ClaimScore]:
+        """Each claim: 1.0 on a yes, 0.0 on a no or an unparseable reply."""
         scored = []
         for claim in claims:
             verdict = self.ask(claim, passages)
             scored.append(ClaimScore(claim, 1.0 if verdict else 0.0, "entailment" if verdict else "neutral",
                                      None, {"valid": float(verdict is not None)}))
-        faithfulness = sum(c.score for c in scored) / len(scored) if scored else None
-        return SupportResult(self.name, faithfulness, scored)
+        return scored

@@ -79,6 +79,10 @@ class CrossEncoderJudge:
                              "entailment/neutral/contradiction; use an NLI cross-encoder")
         self.order = [id2label[i] for i in range(len(id2label))]
         self.name = name
+        self.threshold = 0.5
+        """A claim is supported when its entailment probability is at least this (the argmax of 3 labels can
+        still be entailment below it, but then the judge is far from sure)."""
+        self.can_contradict = True
         self.window_overlap = window_overlap
         self.batch_size = batch_size
 
@@ -105,9 +109,13 @@ class CrossEncoderJudge:
 
     def support(self, answer: str, passages: Sequence) -> SupportResult:
         """Per-claim support of `answer` by `passages` and the answer's overall faithfulness."""
-        claims = split_claims(answer)
+        scored = self.score_claims(split_claims(answer), passages)
+        return SupportResult(self.name, sum(c.score for c in scored) / len(scored) if scored else None, scored)
+
+    def score_claims(self, claims: Sequence[str], passages: Sequence) -> list[ClaimScore]:
+        """Each claim's best entailment probability over all windows of all passages."""
         if not claims:
-            return SupportResult(self.name, None, [])
+            return []
         budget = self.window_budget(claims)
         spans = [(p, w) for p, passage in enumerate(passages)
                  for w in windows(passage_text(passage), self.tokenizer, budget, self.window_overlap)]
@@ -121,4 +129,4 @@ class CrossEncoderJudge:
             best = max(range(len(rows)), key=lambda j: rows[j]["entailment"])
             label = max(rows[best], key=rows[best].get)
             scored.append(ClaimScore(claim, rows[best]["entailment"], label, spans[best][0], rows[best]))
-        return SupportResult(self.name, sum(c.score for c in scored) / len(scored), scored)
+        return scored

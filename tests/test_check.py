@@ -1,0 +1,181 @@
+"""Checked answers (ask.verify): the lexical support scorer, sentence checking, the pipeline and the display."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from conftest import STARTER
+from ragqa.errors import RagqaError
+from ragqa.judge.check import check_answer
+from ragqa.judge.lexical import LexicalJudge
+
+CHILBLAINS = ("Chilblains are itchy, painful red swellings on the toes and fingers after exposure to cold. Keeping "
+              "the feet warm prevents them, and they usually heal within 3 weeks.")
+SCABIES = ("Scabies is treated with permethrin 5% cream applied from the neck down to the whole body and washed off "
+           "after 8 to 14 hours; the treatment is repeated after one week.")
+MELANOMA = ("The ABCDE rule helps people spot warning signs: Asymmetry, where one half does not match the other; "
+            "irregular Border; uneven Color with several shades; and Evolving, meaning changes in size or shape.")
+
+
+def test_lexical_scorer_keeps_a_passage_sentence_and_drops_one_about_something_else():
+    judge = LexicalJudge()
+    result = judge.support("Scabies is treated with permethrin cream on the whole body [1]. "
+                           "Acne is caused by hormones and bacteria in the hair follicles.", [CHILBLAINS, SCABIES])
+    copied, other = result.claims
+    assert copied.claim.startswith("Scabies is treated with permethrin cream") and "[1]" not in copied.claim
+    assert copied.score >= judge.threshold and copied.passage == 1 and copied.label == "entailment"
+    assert other.score < judge.threshold and other.label == "neutral"
+    assert result.judge == "lexical" and not judge.can_contradict  # it never claims a contradiction
+
+
+def test_lexical_negation_clash_only_when_the_denied_word_is_asserted():
+    judge = LexicalJudge()
+    flipped = ["Keeping the feet warm does not prevent chilblains.", "Chilblains are not painful red swellings."]
+    for claim in flipped:
+        assert judge.support(claim, [CHILBLAINS]).claims[0].score == 0.0, claim
+    # "does not match" denies a word the claim never uses: the claim keeps its overlap.
+    claim = "The warning signs of melanoma are asymmetry, irregular border, uneven color and changes in size."
+    assert judge.support(claim, [MELANOMA]).claims[0].score >= judge.threshold
+
+
+def test_check_drops_a_contradicted_sentence_keeps_the_supported_one_in_place():
+    answer = ("Chilblains are painful red swellings on the toes after cold exposure [1].\n"
+              "- Keeping the feet warm does not prevent them [1].\n"
+              "- Scabies is treated with permethrin cream [2].")
+    checked = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES])
+    assert [s.supported for s in checked.sentences] == [True, False, True]
+    assert [s.passage for s in checked.sentences] == [1, 1, 2]
+    assert checked.text == ("Chilblains are painful red swellings on the toes after cold exposure [1].\n"
+                            "- Scabies is treated with permethrin cream [2].")
+    assert checked.checked_by == "lexical" and checked.supported
+    assert [s.text for s in checked.removed] == ["Keeping the feet warm does not prevent them [1]."]
+
+
+def test_a_sentence_is_checked_against_the_passages_it_cites():
+    # Supported by passage 2, but it cites passage 1: the citation is wrong, so the sentence goes.
+    miscited = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [1].", [CHILBLAINS, SCABIES])
+    assert not miscited.supported and miscited.text == ""
+    uncited = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream.", [CHILBLAINS, SCABIES])
+    assert uncited.supported and uncited.sentences[0].passage == 2  # uncited: all shown passages
+
+
+def test_support_scorer_falls_back_to_lexical_only_for_the_default(tmp_path, monkeypatch):
+    from ragqa.config import load_config
+    from ragqa.judge import support_scorer
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path / "cache"))
+    assert support_scorer(load_config(None)).name == "lexical"  # fresh clone: no trained judge
+    assert support_scorer(load_config(None, ["judge.name=lexical"])).name == "lexical"
+    with pytest.raises(RagqaError, match="unknown judge 'nope'"):  # named explicitly: never silently replaced
+        support_scorer(load_config(None, ["judge.name=nope"]))
+
+
+# --- the pipeline with the real small generator ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def starter_index(tmp_path_factory, embedder):
+    """A small index: 8 starter passages (acne, psoriasis, melanoma, scabies) keep the set-up quick."""
+    import json
+
+    from ragqa.config import load_config
+    from ragqa.index import ingest
+
+    folder = tmp_path_factory.mktemp("idx")
+    keep = ("acne", "psoriasis", "melanoma", "scabies")
+    lines = [line for line in (STARTER / "passages.jsonl").read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line)["id"].split(":")[1].rsplit("-", 1)[0] in keep]
+    (folder / "passages.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = folder / "starter"
+    ingest(load_config(None, [f"index.name={path}", f"index.corpus=[{folder / 'passages.jsonl'}]"]), embedder)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipeline(starter_index):
+    from ragqa.answer import Pipeline
+    from ragqa.config import load_config
+
+    # The lexical scorer by name: a judge a developer trained into judges/ must not change what is tested.
+    cfg = load_config(None, [f"index.name={starter_index}", "ask.max_new_tokens=16", "retrieval.k=3",
+                             "judge.name=lexical"])
+    return Pipeline(cfg)
+
+
+class Scripted:
+    """Puts a fixed model reply in place of generation (our own method, not a dependency), keeping the rest."""
+
+    def __init__(self, pipeline, reply: str):
+        self.pipeline, self.reply = pipeline, reply
+
+    def __enter__(self):
+        self.pipeline._generate = lambda prompts, use_adapter, on_token: [
+            (self.reply, {"generate_s": 0.0, "new_tokens": 1}) for _ in prompts]
+        return self.pipeline
+
+    def __exit__(self, *exc):
+        del self.pipeline._generate
+
+
+@pytest.mark.slow
+def test_pipeline_checks_a_real_answer_and_reports_the_check(pipeline):
+    ans = pipeline.answer("How is scabies treated?")
+    assert ans.checked_by == "lexical" and ans.raw_answer is not None and ans.sentences
+    assert "verify_s" in ans.timings and ans.timings["total_s"] >= ans.timings["verify_s"]
+    for s in ans.sentences:
+        assert set(s) == {"text", "supported", "score", "passage", "label"} and 0.0 <= s["score"] <= 1.0
+        assert s["text"] in ans.raw_answer
+    kept = [s["text"] for s in ans.sentences if s["supported"]]
+    if kept:
+        assert not ans.abstained and all(t in ans.answer for t in kept)
+    else:
+        assert ans.abstained and ans.withdrawn
+    data = ans.to_dict()
+    assert data["checked_by"] == "lexical" and data["sentences"] == ans.sentences
+    closed = pipeline.answer("What is psoriasis?", retrieval="none")
+    assert closed.checked_by is None and closed.raw_answer is None and "verify_s" not in closed.timings
+
+
+def test_pipeline_removes_unsupported_sentences_and_abstains_when_none_is_left(pipeline):
+    question = "How is scabies treated?"
+    reply = ("Scabies is treated with permethrin cream applied to the whole body [1]. "
+             "Eating garlic every morning cures it within a day.")
+    with Scripted(pipeline, reply) as pipe:
+        passages = pipe.retrieve(question, "hybrid", 3)
+        assert "permethrin" in passages[0].text  # the scripted first sentence is the top passage's
+        ans = pipe.answer(question)
+        assert ans.answer == "Scabies is treated with permethrin cream applied to the whole body [1]."
+        assert ans.raw_answer == reply and ans.citations == [1] and not ans.abstained
+        assert [s["supported"] for s in ans.sentences] == [True, False]
+        gone = pipe.answer_batch([question, question])  # eval's batched path checks too
+        assert all(a.answer == ans.answer for a in gone)
+    with Scripted(pipeline, "Eating garlic every morning cures it within a day [2].") as pipe:
+        ans = pipe.answer(question)
+    from ragqa.answer import ABSTAIN_TEXT
+
+    assert ans.abstained and ans.withdrawn and ans.answer == ABSTAIN_TEXT and ans.citations == []
+    assert ans.passages  # the nearest sources are still listed
+
+
+def test_removed_sentences_are_shown_marked_and_never_as_markup(pipeline, monkeypatch):
+    from rich.console import Console
+
+    from ragqa import ask
+
+    reply = ("Scabies is treated with permethrin cream applied to the whole body [1]. "
+             "[bold red]Eating garlic[/bold red] cures it.")
+    buffer = io.StringIO()
+    monkeypatch.setattr(ask, "out", Console(file=buffer, highlight=False, soft_wrap=True, width=200))
+    with Scripted(pipeline, reply) as pipe:
+        ask.answer_one(pipe, "How is scabies treated?", "hybrid", 3, as_json=False)
+    text = buffer.getvalue()
+    assert "removed (not supported by the passages): [bold red]Eating garlic[/bold red] cures it." in text
+    assert "checked by lexical: 1 of 2 sentence(s) supported" in text and "check " in text
+    buffer.truncate(0)
+    with Scripted(pipeline, "Eating garlic cures it.") as pipe:
+        ask.answer_one(pipe, "How is scabies treated?", "hybrid", 3, as_json=False)
+    text = buffer.getvalue()
+    assert "is withdrawn" in text and "Nearest sources" in text and "could not find a grounded answer" in text
