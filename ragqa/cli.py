@@ -208,8 +208,8 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
 @click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
                                                       "instead of refusing.")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in --output instead of resuming.")
-@click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa eval report folder "
-                                                 "(everything in it is deleted).")
+@click.option("--overwrite", is_flag=True, help="Write the report into --output even if it is not a ragqa eval "
+                                                 "report folder (its report files are replaced, others kept).")
 @click.option("--bootstrap", "n_resamples", type=int, help="Bootstrap resamples for CIs and p-values (2000).")
 @click.option("--retrieval-only", is_flag=True, help="Only score retrieval (recall@k, MRR) on the questions' "
                                                      "gold passages; no generation.")
