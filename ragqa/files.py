@@ -120,6 +120,12 @@ def check_output_dir(target: str | Path, what: str, markers: tuple[str, ...], *,
     _check_not_a_file(target, option)
     if recover_backup:
         recover(target)
+    if overwrite and target.is_dir():
+        # --overwrite deletes the folder: never the one this command runs in, one above it, or the home folder.
+        here, resolved = Path.cwd().resolve(), target.resolve()
+        if resolved in (here, *here.parents, Path.home().resolve()):
+            raise RagqaError(f"{target} holds the current folder or is the home folder: --overwrite will not "
+                             f"replace it; choose another {option}")
     if not overwrite and target.is_dir() and not any((target / m).is_file() for m in markers):
         try:
             empty = not any(target.iterdir())

@@ -91,6 +91,15 @@ def test_a_checkpoint_folder_of_user_files_is_refused(tmp_path, capsys):
     assert not (tmp_path / "adapter").exists()
 
 
+def test_overwrite_never_replaces_the_folder_it_runs_in(tmp_path, capsys, monkeypatch):
+    out = user_folder(tmp_path / "project")
+    (out / "work").mkdir()
+    monkeypatch.chdir(out / "work")
+    code, err = invoke(["judge", "train", "--output", str(out), "--overwrite", *JUDGE], capsys)
+    assert_one_line_error(code, err, out, "--output", "holds the current folder")
+    assert (out / "notes.txt").read_bytes() == NOTES
+
+
 # ------------------------------------------------------------------------ recovery after a kill between the renames
 
 
@@ -111,8 +120,10 @@ def test_recover_restores_removes_and_leaves_live_writers_alone(tmp_path):
     assert not target.exists() and (tmp_path / f".out.old-{os.getpid()}").is_dir() and live_temp.is_dir()
 
 
-def test_adapter_loader_restores_an_adapter_left_by_a_kill(tmp_path):
+@pytest.mark.parametrize("loader", ["check_adapter_dir", "adapter_base"])  # ask/eval, and export
+def test_adapter_loaders_restore_an_adapter_left_by_a_kill(loader, tmp_path):
     from ragqa.train.adapter import check_adapter_dir
+    from ragqa.train.export import adapter_base
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -120,7 +131,10 @@ def test_adapter_loader_restores_an_adapter_left_by_a_kill(tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "smollm2-135m"}))
     (adapter / "ragqa_card.json").write_text(json.dumps({"base_model": "smollm2-135m", "method": "lora"}))
     crash_between_the_renames(adapter)
-    assert check_adapter_dir(adapter, "smollm2-135m")["r"] == 4
+    if loader == "check_adapter_dir":
+        assert check_adapter_dir(adapter, "smollm2-135m")["r"] == 4
+    else:
+        assert adapter_base(adapter) == "smollm2-135m"
     assert sorted(os.listdir(tmp_path)) == ["adapter"]
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from ragqa.config import Config
 from ragqa.errors import RagqaError
-from ragqa.files import atomic_dir, check_output_dir, make_dir, sha256_file, write_error, write_json_atomic
+from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
+                         write_json_atomic)
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -323,6 +324,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     from ragqa.evaluate import report
 
     adapter = None if adapter in (None, "", "none") else adapter
+    if adapter and not Path(adapter).exists():
+        recover(adapter)  # a `ragqa train` killed while replacing it left the adapter under its backup name
     if adapter and not Path(adapter).is_dir():
         raise RagqaError(f"--adapter {adapter}: not found (train one with `ragqa train --output {adapter}`)")
     for flag, value in (("--limit", limit), ("--sample", sample)):

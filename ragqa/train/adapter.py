@@ -16,6 +16,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def read_card(path: str | Path) -> dict[str, Any] | None:
     """The ragqa_card.json of an adapter directory, or None when it has none."""
+    if not Path(path).exists():
+        recover(path)  # see check_adapter_dir
     card = Path(path) / CARD
     if not card.is_file():
         return None
