@@ -74,6 +74,8 @@ def _not_implemented(name: str) -> None:
 @click.option("--output", help="Adapter directory to write (default: train.output).")
 @click.option("--method", type=click.Choice(["qlora", "lora", "none"]), help="qlora, lora, or none (base only).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint of --output.")
+@click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa adapter folder "
+                                                 "(everything in it is deleted).")
 @click.option("--no-cache", is_flag=True, help="Rebuild the tokenized training data instead of reusing the cache.")
 @click.option("--search", "search_trials", type=click.IntRange(min=1), metavar="N",
               help="Optuna search: N short trials over lr, r, alpha, dropout, p; writes OUTPUT.best.yaml.")
@@ -82,7 +84,7 @@ def _not_implemented(name: str) -> None:
 @click.option("--num-processes", type=click.IntRange(min=1), metavar="N",
               help="Processes for --launcher accelerate, one per GPU (default: all visible GPUs, 1 on CPU).")
 @click.pass_context
-def train_cmd(ctx, config_path, overrides, data, output, method, resume, no_cache, search_trials, launcher,
+def train_cmd(ctx, config_path, overrides, data, output, method, resume, overwrite, no_cache, search_trials, launcher,
               num_processes) -> None:
     """Fine-tune a LoRA/QLoRA adapter on Q&A pairs with retrieved context (RAFT-style).
 
@@ -117,7 +119,7 @@ def train_cmd(ctx, config_path, overrides, data, output, method, resume, no_cach
         return
     from ragqa.train.trainer import train
 
-    result = train(cfg, resume=resume, use_cache=not no_cache)
+    result = train(cfg, resume=resume, use_cache=not no_cache, overwrite=overwrite)
     if result.output is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
         click.echo(printable(f"{cfg.train.method} run written to {result.output}: {result.steps} steps in "
@@ -146,11 +148,13 @@ def _command_line_args(ctx: click.Context, skip: set[str]) -> list[str]:
 @click.option("--merge", is_flag=True, required=True, help="Fold the LoRA weights into the base (required).")
 @click.option("--output", required=True, type=click.Path(), help="Directory for the merged safetensors model.")
 @click.option("--base", help="Base model (default: the one in the adapter's ragqa_card.json).")
-def export_cmd(adapter, merge, output, base) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa export folder "
+                                                 "(everything in it is deleted).")
+def export_cmd(adapter, merge, output, base, overwrite) -> None:
     """Export an adapter merged into its base model as a standalone safetensors folder."""
     from ragqa.train.export import export_merged
 
-    path = export_merged(adapter, output, base=base)
+    path = export_merged(adapter, output, base=base, overwrite=overwrite)
     click.echo(printable(f"merged model written to {path}"))
 
 
@@ -206,6 +210,8 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
 @click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
                                                       "instead of refusing.")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in --output instead of resuming.")
+@click.option("--overwrite", is_flag=True, help="Write the report into --output even if it is not a ragqa eval "
+                                                 "report folder (its report files are replaced, others kept).")
 @click.option("--bootstrap", "n_resamples", type=int, help="Bootstrap resamples for CIs and p-values (2000).")
 @click.option("--retrieval-only", is_flag=True, help="Only score retrieval (recall@k, MRR) on the questions' "
                                                      "gold passages; no generation.")
@@ -213,8 +219,8 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, sample, output, seed, judge,
-             judge_base_url, nli_judge, exclude_trained, fresh, n_resamples, retrieval_only, k, retrieval,
-             quiet) -> None:
+             judge_base_url, nli_judge, exclude_trained, fresh, overwrite, n_resamples, retrieval_only, k,
+             retrieval, quiet) -> None:
     """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
     cfg = _build_config(config_path, overrides, {
         "index.name": index_name, "retrieval.k": k, "retrieval.mode": retrieval, "eval.bootstrap": n_resamples,
@@ -222,13 +228,14 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
     if retrieval_only:
         from ragqa.evaluate.ablation import retrieval_only_eval
 
-        retrieval_only_eval(cfg, questions=questions, output=output, limit=limit, progress=not quiet)
+        retrieval_only_eval(cfg, questions=questions, output=output, limit=limit, progress=not quiet,
+                            overwrite=overwrite)
         return
     from ragqa.evaluate.ablation import evaluate
 
     summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, sample=sample,
                        output=output, seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
-                       exclude_trained=exclude_trained, fresh=fresh, progress=not quiet)
+                       exclude_trained=exclude_trained, fresh=fresh, progress=not quiet, overwrite=overwrite)
     click.echo(printable(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
                          f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "
                          f"(also report.html, matrix.png, results.jsonl)"))
@@ -247,8 +254,10 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
 @click.option("--title-field", help="Column holding the passage title.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 @click.option("--stats", is_flag=True, help="Print the index manifest and sizes instead of ingesting.")
+@click.option("--overwrite", is_flag=True, help="Replace --index even if it is not a ragqa index folder "
+                                                 "(everything in it is deleted).")
 def ingest_cmd(config_path, overrides, corpus, index_name, embedder, chunk_size, chunk_overlap, index_type,
-               text_field, id_field, title_field, device, stats) -> None:
+               text_field, id_field, title_field, device, stats, overwrite) -> None:
     """Load a corpus, chunk, embed and persist FAISS + BM25 indexes."""
     cfg = _build_config(config_path, overrides, {
         "index.corpus": list(corpus) if corpus else None, "index.name": index_name,
@@ -261,7 +270,7 @@ def ingest_cmd(config_path, overrides, corpus, index_name, embedder, chunk_size,
     if stats:
         index.print_stats(cfg.index.name)
     else:
-        index.ingest(cfg)
+        index.ingest(cfg, overwrite=overwrite)
 
 
 @cli.group("judge")
@@ -284,9 +293,11 @@ def judge_group() -> None:
 @click.option("--batch-size", type=int, help="Pairs per batch.")
 @click.option("--max-length", type=int, help="Tokens per premise + hypothesis.")
 @click.option("--seed", type=int, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa judge folder "
+                                                 "(everything in it is deleted).")
 @click.option("--device", help="auto, cpu, cuda, cuda:N.")
 def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, max_domain, epochs, lr, batch_size,
-                    max_length, seed, device) -> None:
+                    max_length, seed, overwrite, device) -> None:
     """Fine-tune a 3-way NLI judge on NLI pairs plus in-domain pairs made from the corpus."""
     cfg = _build_config(config_path, overrides, {
         "judge.nli": "null" if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
@@ -296,7 +307,7 @@ def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, 
     })
     from ragqa.judge.train import train_judge
 
-    train_judge(cfg)
+    train_judge(cfg, overwrite=overwrite)
 
 
 @judge_group.command("score")

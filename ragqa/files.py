@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+from ragqa.terminal import printable
 
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
@@ -103,6 +106,36 @@ def check_writable_dir(target: str | Path, option: str = "--output") -> None:
         os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}-probe-", dir=target.parent))
     except OSError as exc:
         raise write_error(target, exc.errno, option) from None
+
+
+def check_output_dir(target: str | Path, what: str, markers: tuple[str, ...], *, option: str = "--output",
+                     overwrite: bool = False, recover_backup: bool = True) -> None:
+    """The one rule for every command that replaces a folder: call it before any expensive work.
+
+    A file in the way, or a read-only parent, fails at once. A replace that a killed run left half done is
+    finished first (see `recover`). An existing, non-empty `target` is replaced only if it is a ragqa `what`
+    folder, i.e. holds one of the `markers` (its card or manifest), or with `overwrite` (the user's --overwrite):
+    a folder of someone else's files, or another kind of ragqa output, is never swapped out and deleted.
+    """
+    target = Path(target)
+    _check_not_a_file(target, option)
+    if recover_backup:
+        recover(target)
+    if overwrite and target.is_dir():
+        # --overwrite deletes the folder: never the one this command runs in, one above it, or the home folder.
+        here, resolved = Path.cwd().resolve(), target.resolve()
+        if resolved in (here, *here.parents, Path.home().resolve()):
+            raise RagqaError(f"{target} holds the current folder or is the home folder: --overwrite will not "
+                             f"replace it; choose another {option}")
+    if not overwrite and target.is_dir() and not any((target / m).is_file() for m in markers):
+        try:
+            empty = not any(target.iterdir())
+        except OSError:  # unreadable: cannot tell what it holds, so it is not ours to replace
+            empty = False
+        if not empty:
+            raise RagqaError(f"{target} is not a ragqa {what} folder (no {' or '.join(markers)}) and is not empty: "
+                             f"choose another {option}, or pass --overwrite to replace it and everything in it")
+    check_writable_dir(target, option)
 
 
 def make_dir(target: str | Path, option: str = "--output") -> None:
@@ -193,18 +226,20 @@ def atomic_dir(target: str | Path, *, option: str = "--output", prefix: str | No
     """Yield a temp directory beside `target`; on success it becomes `target`, on any failure it is removed.
 
     An existing `target` is swapped out with two renames (to `backup`, default `.NAME.old-PID`; the new one in;
-    the old one removed), so the previous result survives until the new one is complete. With replace=False an
-    existing target wins and the new directory is dropped (another process finished first). Write failures
-    (full disk, read-only folder, a file in the way) become one RagqaError naming `target` and the fix;
-    `action` and `kept` (what is unchanged) shape its wording.
+    the old one removed), so the previous result survives until the new one is complete; a kill between the
+    two renames is undone by `recover` on the next run. The temp directory is `.NAME.tmp-PID-*` by default.
+    With replace=False an existing target wins and the new directory is dropped (another process finished
+    first). Write failures (full disk, read-only folder, a file in the way) become one RagqaError naming
+    `target` and the fix; `action` and `kept` (what is unchanged) shape its wording.
     """
     target = Path(target)
     _check_not_a_file(target, option)
-    backup = backup or target.with_name(f".{target.name}.old-{os.getpid()}")
+    # Both names carry the writer's PID so that `recover` can tell a live writer's entries from a killed one's.
+    backup = backup or target.with_name(f".{target.name}{_BACKUP}-{os.getpid()}")
     kept = kept or ("one" if target.exists() else None)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{target.name}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix or temp_prefix(target), dir=target.parent))
     except OSError as exc:
         raise write_error(target, exc.errno, option, action=action, kept=kept) from None
     try:
@@ -240,3 +275,78 @@ def _swap(tmp: Path, target: Path, backup: Path, option: str) -> None:
         raise
     _fsync_dir(target.parent)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ recovery after a kill
+
+_BACKUP = ".old"
+_TEMP = ".tmp"
+
+
+def temp_prefix(target: str | Path) -> str:
+    """Prefix of the temp entries a writer of `target` makes beside it: `.NAME.tmp-PID-` (see `recover`)."""
+    return f".{Path(target).name}{_TEMP}-{os.getpid()}-"
+
+
+def _owner_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _leftovers(target: Path, kind: str) -> list[tuple[Path, int | None]]:
+    """(entry, PID of the writer that made it) for `.NAME.old[-PID]` (kind _BACKUP) or `.NAME.tmp-PID-*`
+    (kind _TEMP) beside `target`. A backup without a PID (the index's fixed `.NAME.old`, made under its lock)
+    gives None."""
+    head = f".{target.name}{kind}"
+    found = []
+    for entry in target.parent.glob(glob.escape(head) + "*"):
+        rest = entry.name[len(head):]
+        pid = rest[1:].split("-", 1)[0] if rest.startswith("-") else ""
+        if kind == _BACKUP and rest == "":
+            found.append((entry, None))
+        elif pid.isdigit() and (kind == _TEMP or rest == f"-{pid}"):
+            found.append((entry, int(pid)))
+    return found
+
+
+def find_backup(target: str | Path, marker: str) -> Path | None:
+    """The backup holding `target`'s previous version when `target` itself is missing (a writer was killed,
+    or is right now, between the two renames of atomic_dir); for loaders that read it without moving it."""
+    target = Path(target)
+    if target.exists() or not target.parent.is_dir():
+        return None
+    held = [entry for entry, _ in _leftovers(target, _BACKUP) if (entry / marker).is_file()]
+    return max(held, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def recover(target: str | Path) -> None:
+    """Finish what a killed writer of `target` left: its backup is renamed back if `target` is missing (the kill
+    fell between the two renames of atomic_dir), otherwise removed, and its temp directories go.
+
+    Entries of writers that are still running are left alone (the PID in their name says whose they are).
+    Best effort: a folder this process cannot change is left as it is (the write that follows names it).
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        return
+    with contextlib.suppress(OSError):
+        stale = [entry for entry, pid in _leftovers(target, _BACKUP) if pid is None or not _owner_alive(pid)]
+        stale.sort(key=lambda p: p.stat().st_mtime)
+        if stale and not (target.exists() or target.is_symlink()):
+            newest = stale.pop()
+            os.rename(newest, target)
+            _fsync_dir(target.parent)
+            print(printable(f"restored {target} from {newest.name} (a run that was replacing it was killed)"),
+                  file=sys.stderr)
+        for entry in stale:
+            shutil.rmtree(entry, ignore_errors=True)
+        for entry, pid in _leftovers(target, _TEMP):
+            if not _owner_alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)

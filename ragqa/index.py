@@ -35,7 +35,7 @@ import numpy as np
 from ragqa import __version__, abstain
 from ragqa.corpus import Corpus, Document, Fields, fingerprint, load_corpus
 from ragqa.errors import RagqaError
-from ragqa.files import atomic_dir, sha256_file, write_error
+from ragqa.files import atomic_dir, check_output_dir, find_backup, recover, sha256_file, write_error
 from ragqa.terminal import markup_safe, plain
 
 FORMAT = 1
@@ -358,17 +358,10 @@ def existing_index(path: Path) -> Path | None:
     """The directory that holds the current index: PATH, or its backup when a crash hit the final swap."""
     if (path / MANIFEST).is_file():
         return path
-    backup = _backup_dir(path)
-    if not path.exists() and (backup / MANIFEST).is_file():
-        return backup
-    return None
+    return find_backup(path, MANIFEST)
 
 
 # ----------------------------------------------------------------------------- locking, atomic writes
-
-
-def _backup_dir(path: Path) -> Path:
-    return path.parent / f".{path.name}.old"
 
 
 def _lock_file(path: Path) -> Path:
@@ -409,16 +402,11 @@ def index_lock(path: Path) -> Iterator[None]:
 
 
 def _recover(path: Path) -> None:
-    """Under the lock: undo an interrupted swap and remove temp dirs of killed runs."""
-    backup = _backup_dir(path)
-    if not path.exists() and (backup / MANIFEST).is_file():
-        os.rename(backup, path)
-        _say(f"[yellow]restored {markup_safe(path)} from {markup_safe(backup.name)} (a previous ingest was "
-             "interrupted)[/yellow]")
+    """Under the lock: undo an interrupted swap (files.recover, the rule of every writer) and remove the temp
+    dirs of killed runs (under the lock, no temp dir of this index can belong to a live writer)."""
+    recover(path)
     for stale in path.parent.glob(f".{path.name}.tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if path.exists():
-        shutil.rmtree(backup, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------------------- ingest
@@ -442,21 +430,15 @@ def _index_params(cfg) -> dict[str, Any]:
     return {"type": cfg.index.index_type, "metric": "inner_product", **{k: getattr(cfg.index, k) for k in keys}}
 
 
-def _check_target(path: Path) -> None:
-    if path.is_file():
-        raise RagqaError(f"index path {path} exists and is a file: choose another --index")
-    if path.is_dir() and not (path / MANIFEST).is_file() and any(path.iterdir()):
-        raise RagqaError(f"index path {path} exists and is not a ragqa index (no {MANIFEST}): "
-                         "choose another --index or remove it")
-
-
-def ingest(cfg, embedder=None) -> Path:
+def ingest(cfg, embedder=None, *, overwrite: bool = False) -> Path:
     """Build or incrementally update the index named by cfg.index.name; return its directory.
 
-    `embedder` may be an already loaded SentenceTransformer for cfg.model.embedder (saves a load).
+    `embedder` may be an already loaded SentenceTransformer for cfg.model.embedder (saves a load). A folder
+    that is not an index is refused unless `overwrite` (--overwrite) says to replace it.
     """
     path = index_dir(cfg.index.name)
-    _check_target(path)
+    # Backups are recovered under the lock (_recover), where no other ingest can be mid-swap.
+    check_output_dir(path, "index", (MANIFEST,), option="--index", overwrite=overwrite, recover_backup=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with index_lock(path):
@@ -503,9 +485,8 @@ def _ingest_locked(cfg, path: Path, embedder) -> Path:
     calibration = abstain.calibrate(lambda qs: embedder.encode(qs, normalize_embeddings=True), vectors,
                                     [d.title for d in corpus.documents])
 
-    # Two renames swap it in; a crash between them is undone by _recover/existing_index (the fixed backup name).
-    with atomic_dir(path, option="--index", prefix=f".{path.name}.tmp-", backup=_backup_dir(path),
-                    action=f"ingest into {path} failed", kept=_kept(path)) as tmp:
+    # Two renames swap it in; a crash between them is undone by _recover (existing_index reads the backup).
+    with atomic_dir(path, option="--index", action=f"ingest into {path} failed", kept=_kept(path)) as tmp:
         _write(tmp, cfg, corpus, chunker, embedder, chunks, vectors, params, fields, settings,
                {"embedded_chunks": len(chunks) - reused, "reused_chunks": reused,
                 "seconds": round(time.perf_counter() - start, 2)}, calibration)

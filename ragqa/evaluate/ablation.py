@@ -2,7 +2,9 @@
 
 Each finished (question, configuration) pair is appended to results.jsonl as one line (flushed and
 fsynced) with its answer, passages, timings and scores, so a killed run keeps everything so far and the
-next run continues where it stopped without duplicates. The report is rebuilt from results.jsonl.
+next run continues where it stopped without duplicates. The report is rebuilt from results.jsonl into a new
+folder (with results.jsonl, run.json and whatever else the folder holds, hard-linked) that replaces the old
+one in one rename: the report and its results always change together.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +22,16 @@ from typing import Any
 
 from ragqa.config import Config
 from ragqa.errors import RagqaError
-from ragqa.files import make_dir, sha256_file, write_error, write_json_atomic, write_text_atomic
+from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
+                         write_json_atomic)
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
 RESULTS = "results.jsonl"
 RUN_META = "run.json"
+RETRIEVAL_FILES = ("retrieval.json", "retrieval.md")
+MARKERS = (RUN_META, "summary.json", "retrieval.json")
+"""Files only `ragqa eval` writes: a folder holding one is an eval report that a new run may replace."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,24 @@ def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> Re
     return ResultsLog(results)
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # no copy of a large results.jsonl, and no extra space on a nearly full disk
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+@contextlib.contextmanager
+def report_swap(output: Path, rewritten: tuple[str, ...]):
+    """A new folder for the report files `rewritten`, holding everything else `output` holds (results.jsonl,
+    run.json, the other report, a user's notes), that replaces `output` in one rename on success."""
+    with atomic_dir(output, action=f"cannot write the report {output}", kept="report folder") as tmp:
+        if output.is_dir():
+            shutil.copytree(output, tmp, symlinks=True, dirs_exist_ok=True, copy_function=_link_or_copy,
+                            ignore=lambda folder, names: rewritten if Path(folder) == output else ())
+        yield tmp
+
+
 def _passage_record(p) -> dict[str, Any]:
     return {"chunk_id": p.chunk_id, "doc_id": p.doc_id, "title": p.title, "text": p.text,
             "score": round(float(p.score), 6)}
@@ -319,11 +344,15 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
              configs: str = DEFAULT_CONFIGS, limit: int | None = None, sample: int | None = None,
              output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
              judge_base_url: str | None = None, nli_judge: str | None = None, exclude_trained: bool = False,
-             fresh: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the matrix and write the report; returns the summary with `paths`."""
+             fresh: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run (or resume) the matrix and write the report; returns the summary with `paths`.
+
+    An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite)."""
     from ragqa.evaluate import report
 
     adapter = None if adapter in (None, "", "none") else adapter
+    if adapter and not Path(adapter).exists():
+        recover(adapter)  # a `ragqa train` killed while replacing it left the adapter under its backup name
     if adapter and not Path(adapter).is_dir():
         raise RagqaError(f"--adapter {adapter}: not found (train one with `ragqa train --output {adapter}`)")
     for flag, value in (("--limit", limit), ("--sample", sample)):
@@ -338,6 +367,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     rows, notes = select_questions(load_questions(questions_path), adapter, default_set=questions is None,
                                    exclude_trained=exclude_trained, limit=limit, sample=sample, seed=seed)
     output = Path(output)
+    check_output_dir(output, "eval report", MARKERS, overwrite=overwrite)
     log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
     meta_path = output / RUN_META
     previous = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -370,7 +400,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
             "excluded_trained": notes["excluded_trained"]}
     if "warning" in notes:
         meta["warning"] = notes["warning"]
-    summary = report.write_report(output, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap)
+    with report_swap(output, report.REPORT_FILES) as tmp:
+        summary = report.write_report(tmp, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap)
     summary["paths"] = {name: str(output / name) for name in
                         ("results.jsonl", "report.md", "report.html", "matrix.png", "summary.json")}
     summary["wall_s"] = round(elapsed, 1)
@@ -378,20 +409,22 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
 
 
 def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: str | Path = "eval/reports/default",
-                        limit: int | None = None, progress: bool = True) -> dict[str, dict[str, float]]:
+                        limit: int | None = None, progress: bool = True,
+                        overwrite: bool = False) -> dict[str, dict[str, float]]:
     """recall@k and MRR@10 of every retrieval mode on the questions' gold passages; writes retrieval.md/json."""
     from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
     from ragqa.retrieve import Retriever
 
     rows = load_qa(questions or STARTER_QA, limit)
     out = Path(output)
-    make_dir(out)
+    check_output_dir(out, "eval report", MARKERS, overwrite=overwrite)
     retriever = Retriever.from_config(cfg)
     ks = sorted({1, cfg.retrieval.k, 10})
     results = evaluate_retrieval(retriever, rows, ks=ks, rerank=cfg.retrieval.rerank, progress=progress)
     table = format_table(results)
-    write_json_atomic(out / "retrieval.json", results, indent=2, sort_keys=True)
-    write_text_atomic(out / "retrieval.md", f"# ragqa retrieval ({questions or STARTER_QA}, index {cfg.index.name})"
-                                            f"\n\n{table}\n")
+    with report_swap(out, RETRIEVAL_FILES) as tmp:
+        (tmp / "retrieval.json").write_text(json.dumps(results, indent=2, sort_keys=True), encoding="utf-8")
+        (tmp / "retrieval.md").write_text(f"# ragqa retrieval ({questions or STARTER_QA}, index {cfg.index.name})"
+                                          f"\n\n{table}\n", encoding="utf-8")
     print(table)
     return results

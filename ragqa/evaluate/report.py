@@ -1,7 +1,8 @@
 """Aggregate results.jsonl into the ablation report: summary.json, report.md, report.html, matrix.png.
 
 Every number comes from the per-question records, with seeded bootstrap CIs, so the same results and
-seed always give the same report. Each file is written to a temp name and renamed into place.
+seed always give the same report. The files are written into a fresh folder that the caller (ablation.py)
+renames into place whole, with results.jsonl, so a report is never half old and half new.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 from ragqa.evaluate.metrics import FAILURE_TARGETS, METRICS
 from ragqa.evaluate.stats import bootstrap_ci, paired_bootstrap_pvalue
-from ragqa.files import write_files_atomic
 
+REPORT_FILES = ("summary.json", "report.md", "matrix.png", "report.html")
 REFERENCE_CONFIG = "rag+lora"
 WORST_BY = "token_f1"
 
@@ -391,18 +392,24 @@ def _inline(text: str) -> str:
 
 def write_report(out_dir: str | Path, records: list[dict], configs: list[str], meta: dict[str, Any], *,
                  seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
-    """Write summary.json, report.md, matrix.png and report.html into out_dir; returns the summary."""
+    """Write summary.json, report.md, matrix.png and report.html (REPORT_FILES) into out_dir; returns the summary.
+
+    Plain writes: out_dir is a new folder that is renamed into place as a whole (files.atomic_dir), which is
+    what keeps the previous report intact when a write fails.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarize(records, configs, seed=seed, n_resamples=n_resamples)
     markdown = render_markdown(summary, records, meta)
     png = render_png(summary)
-    write_files_atomic({  # all four or none: a full disk leaves the previous report whole
-        out / "summary.json": json.dumps({"meta": meta, **summary}, indent=2, sort_keys=True).encode(),
-        out / "report.md": markdown.encode(),
-        out / "matrix.png": png,
-        out / "report.html": render_html(markdown, png).encode(),
-    })
+    files = {
+        "summary.json": json.dumps({"meta": meta, **summary}, indent=2, sort_keys=True).encode(),
+        "report.md": markdown.encode(),
+        "matrix.png": png,
+        "report.html": render_html(markdown, png).encode(),
+    }
+    for name in REPORT_FILES:
+        (out / name).write_bytes(files[name])
     return summary
 
 

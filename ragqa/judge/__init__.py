@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragqa.errors import RagqaError
+from ragqa.files import recover
 from ragqa.judge.registry import DEFAULT, TRAIN_COMMAND, find_judge, judge_roots
 
 LEXICAL = "lexical"
@@ -52,6 +53,8 @@ def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_o
     if trained is not None:
         return CrossEncoderJudge(str(trained), name_or_path, device, window_overlap=window_overlap)
     path = Path(name_or_path).expanduser()
+    if not path.exists():
+        recover(path)  # a `judge train` killed while replacing it left it under its backup name
     if path.is_dir():
         return CrossEncoderJudge(str(path), path.name, device, window_overlap=window_overlap)
     if path.exists():

@@ -25,7 +25,11 @@ def find_judge(name: str) -> Path | None:
     """A trained judge's folder by name, or None."""
     if not name or "/" in name or name.startswith("."):
         return None
+    from ragqa.files import recover
+
     for root in judge_roots():
+        if not (root / name).exists():
+            recover(root / name)  # a `judge train` killed while replacing it left it under its backup name
         if (root / name / CARD).is_file():
             return root / name
     return None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ragqa import __version__
 from ragqa.errors import RagqaError, first_line
-from ragqa.files import atomic_dir, check_writable_dir, iter_jsonl, sha256_file
+from ragqa.files import atomic_dir, check_output_dir, iter_jsonl, sha256_file, temp_prefix
 from ragqa.judge.pairs import LABELS, Pair, load_docs, make_pairs
 from ragqa.judge.registry import CARD
 from ragqa.terminal import markup_safe
@@ -118,8 +118,10 @@ def _length_grouped_sampler():
     return LengthGroupedBatchSampler
 
 
-def train_judge(cfg, console=None) -> Path:
-    """Train per `cfg.judge` (a ragqa Config); return the judge folder."""
+def train_judge(cfg, console=None, *, overwrite: bool = False) -> Path:
+    """Train per `cfg.judge` (a ragqa Config); return the judge folder.
+
+    An existing judge.output that is not a ragqa judge is refused unless `overwrite` (--overwrite)."""
     from rich.console import Console
 
     from ragqa.judge.pairs import is_heldout
@@ -127,7 +129,7 @@ def train_judge(cfg, console=None) -> Path:
 
     console = console or Console(stderr=True)
     j = cfg.judge
-    check_writable_dir(j.output)
+    check_output_dir(j.output, "judge", (CARD,), overwrite=overwrite)
     rng = random.Random(j.seed)
     t0 = time.time()
 
@@ -178,7 +180,8 @@ def train_judge(cfg, console=None) -> Path:
     train_sets = {name: _dataset(pairs) for name, pairs in (("nli", nli_train), ("domain", domain_train)) if pairs}
     target = Path(j.output)
     with atomic_dir(target) as tmp:  # created before training: a read-only or full folder fails early
-        with tempfile.TemporaryDirectory(prefix=".judge-trainer-", dir=target.parent) as scratch:
+        # Named like atomic_dir's temp dirs, so that the next run removes it if this one is killed.
+        with tempfile.TemporaryDirectory(prefix=temp_prefix(target) + "trainer-", dir=target.parent) as scratch:
             args = CrossEncoderTrainingArguments(
                 output_dir=scratch, num_train_epochs=j.epochs, per_device_train_batch_size=j.batch_size,
                 learning_rate=j.lr, warmup_steps=0.1, weight_decay=0.01, seed=j.seed, data_seed=j.seed,

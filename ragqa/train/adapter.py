@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError, first_line
+from ragqa.files import recover
 
 CARD = "ragqa_card.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -15,6 +16,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 def read_card(path: str | Path) -> dict[str, Any] | None:
     """The ragqa_card.json of an adapter directory, or None when it has none."""
+    if not Path(path).exists():
+        recover(path)  # see check_adapter_dir
     card = Path(path) / CARD
     if not card.is_file():
         return None
@@ -43,6 +46,8 @@ def _base_aliases(base_name: str) -> set[str]:
 def check_adapter_dir(path: str | Path, base_name: str) -> dict[str, Any]:
     """Refuse what must not be loaded; return the adapter's config. Reads no weights."""
     path = Path(path)
+    if not path.exists():
+        recover(path)  # a run killed while replacing it left the adapter under its backup name: put it back
     if not path.is_dir():
         raise RagqaError(f"adapter {path} not found (train one with `ragqa train --output {path}`)")
     card = read_card(path)

@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 from ragqa.errors import RagqaError
-from ragqa.files import atomic_dir, check_writable_dir
+from ragqa.files import atomic_dir, check_output_dir
 from ragqa.train.adapter import check_adapter_dir, load_adapter, read_card
+
+CARD = "ragqa_merged.json"
+"""Written into every export: marks the folder as one ragqa may replace (and says what was merged)."""
 
 
 def adapter_base(adapter: str | Path) -> str:
@@ -23,17 +26,19 @@ def adapter_base(adapter: str | Path) -> str:
     raise RagqaError(f"{adapter}: cannot tell its base model (no ragqa_card.json or adapter_config.json)")
 
 
-def export_merged(adapter: str | Path, output: str | Path, base: str | None = None) -> Path:
+def export_merged(adapter: str | Path, output: str | Path, base: str | None = None, *,
+                  overwrite: bool = False) -> Path:
     """Merge `adapter` into an fp32 (unquantized) copy of its base; save safetensors + tokenizer atomically.
 
     A QLoRA adapter merges into the full-precision base: merging into 4-bit weights would re-quantize them.
+    An existing `output` that is not a ragqa export is refused unless `overwrite` (--overwrite).
     """
     from ragqa.models import load_generator
 
     adapter, output = Path(adapter), Path(output)
     if output.resolve() == adapter.resolve():
         raise RagqaError("--output must differ from the adapter directory")
-    check_writable_dir(output)
+    check_output_dir(output, "export", (CARD,), overwrite=overwrite)
     base = base or adapter_base(adapter)
     check_adapter_dir(adapter, base)
     model, tokenizer = load_generator(base, device="cpu", dtype="float32")
@@ -42,7 +47,7 @@ def export_merged(adapter: str | Path, output: str | Path, base: str | None = No
         merged.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         card = read_card(adapter) or {}
-        (tmp / "ragqa_merged.json").write_text(json.dumps(
+        (tmp / CARD).write_text(json.dumps(
             {"merged_from": str(adapter), "base_model": base, "method": card.get("method"),
              "split": card.get("split"), "template_version": card.get("template_version")}, indent=2),
             encoding="utf-8")

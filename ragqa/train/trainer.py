@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
-from ragqa.files import atomic_dir, check_writable_dir
+from ragqa.files import atomic_dir, check_output_dir
 from ragqa.train.adapter import CARD
 from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
 from ragqa.terminal import printable
@@ -59,6 +59,18 @@ def latest_checkpoint(root: Path) -> Path | None:
     return done[-1] if done else None
 
 
+def _check_checkpoint_root(root: Path, overwrite: bool) -> None:
+    """OUTPUT.checkpoints is removed after a finished run: refuse one that holds anything ragqa does not put
+    there (checkpoints step-*, their temp dirs .step-*, tensorboard logs), unless --overwrite."""
+    if overwrite or not root.is_dir():
+        return
+    foreign = sorted(p.name for p in root.iterdir()
+                     if not (p.is_dir() and (p.name.startswith(("step-", ".step-")) or p.name == "tensorboard")))
+    if foreign:
+        raise RagqaError(f"{root} is not a ragqa checkpoint folder (it holds {foreign[0]}): choose another "
+                         "--output, or pass --overwrite to replace it and everything in it")
+
+
 def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
@@ -80,8 +92,10 @@ class Trainer:
 
     def __init__(self, cfg, *, resume: bool = False, use_cache: bool = True, show_progress: bool = True,
                  trial=None, save_output: bool = True, checkpoints: bool = True, stop_after: int | None = None,
-                 retriever=None):
+                 retriever=None, overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite
+        """Replace a train.output (and OUTPUT.checkpoints) that ragqa did not write (--overwrite)."""
         self.resume = resume
         self.use_cache = use_cache
         self.show_progress = show_progress
@@ -317,7 +331,9 @@ class Trainer:
     def run(self) -> TrainResult:
         start = time.perf_counter()
         if self.save_output:
-            check_writable_dir(self.output)  # a file in the way or a read-only folder fails now, not after training
+            # A file in the way, a read-only folder or someone else's folder fails now, not after training.
+            check_output_dir(self.output, "adapter", (CARD,), overwrite=self.overwrite)
+            _check_checkpoint_root(self.ckpt_root, self.overwrite)
         self._setup()
         self.signature = _resume_signature(self.cfg, self.data, self.nproc)
         if self.cfg.train.method == "none":
