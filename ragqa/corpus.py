@@ -125,8 +125,11 @@ def load_corpus(specs: Iterable[str], fields: Fields = Fields(), max_doc_chars: 
 
 
 def clean_id(value: Any) -> str:
-    """Ids are printed in one-line citations: no control characters, no surrounding space."""
-    return _CONTROL.sub(" ", str(value)).strip()
+    """Ids are printed in one-line citations: each run of unprintable characters (C0 and C1 controls, which
+    terminals may read as escape sequences, line and paragraph separators, ...) becomes one space; no
+    surrounding space."""
+    text = "".join(ch if ch.isprintable() else "\x00" for ch in str(value))
+    return _CONTROL.sub(" ", text).strip()
 
 
 def _read(spec: str, fields: Fields, skipped: Counter) -> Iterator[Document]:

@@ -75,11 +75,12 @@ def test_huge_question_is_refused_not_cut():
 
 # ---------------------------------------------------------------- Q&A files (ragqa.qa, used by train and eval)
 
-qa_rows = st.dictionaries(
-    st.sampled_from(["id", "question", "answer", "gold_passage_ids", "other"]),
-    json_values | st.text(min_size=1900, max_size=2100, alphabet="ab ") | st.lists(st.text(max_size=5)),
-    max_size=5,
-)
+texts = st.text(max_size=40) | st.text(min_size=1990, max_size=2010, alphabet="ab \x00")  # around the limit
+qa_rows = st.fixed_dictionaries(  # mostly well-formed rows, with odd ids, gold ids, texts and extra fields
+    {"question": texts, "answer": texts},
+    optional={"id": json_values, "gold_passage_ids": json_values | st.lists(st.text(max_size=5)), "x": json_values},
+) | st.dictionaries(st.sampled_from(["id", "question", "answer", "gold_passage_ids"]), json_values | texts,
+                    max_size=4)
 
 
 def _load_qa_or_refuse(path, need_answer=True):
@@ -92,9 +93,11 @@ def _load_qa_or_refuse(path, need_answer=True):
     ids = [r.id for r in rows]
     assert len(set(ids)) == len(ids)
     for row in rows:
-        assert isinstance(row.id, str) and row.id and row.question.strip() and len(row.question.strip()) > 0
-        assert isinstance(row.answer, str) and (row.answer or not need_answer)
-        assert all(isinstance(g, str) and g for g in row.gold_ids)
+        # Ids are printed in one-line reports; questions must pass `ask`'s cleaning and length limit.
+        assert isinstance(row.id, str) and row.id and row.id.isprintable() and row.id == row.id.strip()
+        assert isinstance(row.question, str) and len(clean_question(row.question)) <= 2000
+        assert isinstance(row.answer, str) and (row.answer.strip() or not need_answer)
+        assert all(isinstance(g, str) and g and g.isprintable() for g in row.gold_ids)
     return rows
 
 
