@@ -16,9 +16,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.passage import Passage
 from ragqa.prompt import clean_citations, fit_passages, render_prompt
-from ragqa.qa import MAX_QUESTION_CHARS, clean_question
-
-__all__ = ["MAX_QUESTION_CHARS", "clean_question"]  # defined in ragqa.qa (eval files use the same rule)
+from ragqa.qa import clean_question  # in ragqa.qa: Q&A files for eval are held to the same rule
 
 DISCLAIMER = "ragqa is a research tool, not medical advice: see a qualified clinician about any skin problem."
 ABSTAIN_TEXT = (

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragqa.errors import RagqaError
+from ragqa.qa import MAX_QUESTION_CHARS
 
 
 DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
@@ -148,7 +149,7 @@ class AskConfig(_Section):
     max_new_tokens: int = Field(160, gt=0, le=4096)
     temperature: float = Field(0.0, ge=0.0)
     """0 = greedy decoding."""
-    max_question_chars: int = Field(2000, gt=0, le=100_000)
+    max_question_chars: int = Field(MAX_QUESTION_CHARS, gt=0, le=100_000)
     """Longer questions are refused with a message (`ask`), or name the file and id (`eval`, `train`)."""
     disclaimer: bool = True
     context_tokens: int = Field(768, gt=16)

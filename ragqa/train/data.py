@@ -25,8 +25,6 @@ from ragqa.files import sha256_file, write_json_atomic
 from ragqa.passage import Passage
 from ragqa.qa import MAX_QUESTION_CHARS, QARow
 
-__all__ = ["QARow", "load_qa"]  # QARow lives in ragqa.qa; re-exported for the training code that names it
-
 
 @dataclass
 class Example:
