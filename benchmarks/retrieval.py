@@ -162,7 +162,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from ragqa.abstain import off_topic_questions
-    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
+    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_gold_rows
     from ragqa.models import load_embedder
     from ragqa.retrieve import Retriever
 
@@ -179,7 +179,7 @@ def main() -> None:
                 retriever = Retriever.load(ensure_index(str(path), args.corpus, embedder), embedder_model=embedder)
                 result["index"] = {"path": str(path), "chunks": len(retriever),
                                    "documents": retriever.manifest["counts"]["documents"]}
-                rows = load_qa(args.qa, args.limit_qa)
+                rows = load_gold_rows(args.qa, args.limit_qa)
                 questions = [r["question"] for r in rows]
                 if "latency" not in args.skip:
                     result["latency"] = latency(retriever, questions[: args.queries])
@@ -194,7 +194,7 @@ def main() -> None:
                 starter = Retriever.load(ensure_index(str(Path(tmp) / "starter"),
                                                       str(ROOT / "corpora/starter/passages.jsonl"), embedder),
                                          embedder_model=embedder)
-                starter_q = [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")]
+                starter_q = [r["question"] for r in load_gold_rows(ROOT / "corpora/starter/qa.jsonl")]
                 result.setdefault("abstain", {})["starter"] = threshold(
                     best_cosines(starter, starter_q), best_cosines(starter, off_topic_questions()), starter.manifest)
     print(json.dumps(result, indent=2))

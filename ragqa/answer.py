@@ -8,10 +8,8 @@ pipeline abstains instead of letting the model improvise.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,6 +18,7 @@ from ragqa.errors import RagqaError
 from ragqa.passage import Passage
 from ragqa import abstain
 from ragqa.prompt import clean_citations, fit_passages, render_prompt
+from ragqa.qa import clean_question  # in ragqa.qa: Q&A files for eval are held to the same rule
 
 DISCLAIMER = "ragqa is a research tool, not medical advice: see a qualified clinician about any skin problem."
 ABSTAIN_TEXT = (
@@ -27,17 +26,7 @@ ABSTAIN_TEXT = (
     "The nearest sources are listed below."
 )
 CLOSED_BOOK_NOTE = "Answered from the model alone, without retrieved sources."
-MAX_QUESTION_CHARS = 2000
 RETRIEVAL_MODES = ("dense", "bm25", "hybrid", "none")
-
-
-def clean_question(question: str) -> str:
-    """Strip control characters and surrounding space; refuse empty questions; cap very long ones."""
-    text = "".join(ch if ch in "\n\t" or unicodedata.category(ch)[0] != "C" else " " for ch in question)
-    text = re.sub(r"\s+", " ", text).strip()
-    if not text:
-        raise RagqaError("the question is empty: type a question, e.g. ragqa ask \"What causes acne?\"")
-    return text[:MAX_QUESTION_CHARS]
 
 
 @dataclass
@@ -116,11 +105,13 @@ class Pipeline:
         if cfg.ask.threads:
             torch.set_num_threads(cfg.ask.threads)
         self.cfg = cfg
-        self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)
         self.adapter = None if adapter in (None, "", "none") else adapter
         if self.adapter:
-            from ragqa.train.adapter import load_adapter
+            from ragqa.train.adapter import check_adapter_dir, load_adapter
 
+            check_adapter_dir(self.adapter, cfg.model.base)  # a refused adapter fails before the model loads
+        self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)
+        if self.adapter:
             self.model = load_adapter(self.model, self.adapter, cfg.model.base)
         if cfg.ask.quantize == "int8":
             self.model = quantize_int8(self.model)
@@ -205,7 +196,7 @@ class Pipeline:
         if on_token is not None and len(questions) != 1:
             raise ValueError("on_token streams one answer: pass a single question")
         k = k or self.cfg.retrieval.k
-        questions = [clean_question(q) for q in questions]
+        questions = [clean_question(q, self.cfg.ask.max_question_chars) for q in questions]
         verify = self.cfg.ask.verify and mode != "none"  # closed-book answers have no passages to check against
         if mode != "none":
             self.retriever  # noqa: B018 - load before timing retrieval, so load time is reported apart

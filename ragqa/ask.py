@@ -95,7 +95,7 @@ def _show(answer, as_json: bool, streamed: bool) -> None:
         if answer.removed_citations:
             out.print(f"[dim]({answer.removed_citations} citation marker(s) pointing at no passage removed)[/dim]")
         print_check(answer, streamed)
-        if answer.retrieval == "none":
+        if answer.retrieval == "none":  # said once, where the sources would be listed
             out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
         else:
             print_sources(answer)
@@ -111,8 +111,6 @@ def answer_one(pipe, question: str, mode: str, k: int, as_json: bool):
     """Answer and display one question, streaming tokens unless JSON is asked for."""
     # Model output is untrusted: each piece is shown literally (an ESC split across pieces is still replaced).
     stream = None if as_json else (lambda piece: out.print(plain(piece, newlines=True), end=""))
-    if not as_json and mode == "none":
-        out.print(f"[dim]{CLOSED_BOOK_NOTE}[/dim]")
     answer = pipe.answer(question, retrieval=mode, k=k, on_token=stream)
     _show(answer, as_json, streamed=stream is not None and (not answer.abstained or answer.withdrawn))
     return answer
@@ -149,7 +147,9 @@ def _session(pipe, cfg: Config, as_json: bool) -> None:
         try:
             last = answer_one(pipe, line, mode, k, as_json)
         except RagqaError as exc:  # one bad question must not end the session
-            err.print(plain(f"error: {exc}"))
+            # One line, as the CLI prints it: no wrapping at the terminal width, and no markup (the message
+            # quotes file names and text that are not ragqa's).
+            err.print(plain(f"error: {exc}"), soft_wrap=True)
 
 
 def _enable_history() -> None:
@@ -172,8 +172,12 @@ def _enable_history() -> None:
 def run(cfg: Config, question: str | None, adapter: str | None, as_json: bool) -> None:
     """Entry point of `ragqa ask`."""
     if question is not None:
-        question = clean_question(question)
+        question = clean_question(question, cfg.ask.max_question_chars)  # refused before the model loads
     _check_index(cfg)
+    if adapter not in (None, "", "none"):
+        from ragqa.train.adapter import check_adapter_dir
+
+        check_adapter_dir(adapter, cfg.model.base)  # a refused adapter fails before the model loads
     with err.status("loading model and index ...", spinner="dots"):
         pipe = Pipeline(cfg, adapter=adapter)
     if question is not None:

@@ -6,17 +6,24 @@ inconsistent values are rejected with the dotted name of the field.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragqa.errors import RagqaError
+from ragqa.qa import MAX_QUESTION_CHARS
+
+
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no float setting has a meaning at NaN or +-inf (NaN compares False with every
+    # threshold, so abstain_below=nan silently turned abstention off; lr=inf trains to NaN).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -24,9 +31,18 @@ class ModelConfig(_Section):
     """Generator: a registry name (`ragqa models`), a local folder or a Hugging Face id."""
     embedder: str = "minilm"
     device: str = "auto"
-    """auto (CUDA when present), cpu, cuda, cuda:N."""
+    """auto (CUDA when present), cpu, cuda, cuda:N or mps."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: float32 on CPU (bf16 matmuls are ~10x slower on typical CPUs), bfloat16 on CUDA."""
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        # Checked here, not left to torch: torch's refusal lists 20 device types ragqa cannot use, and comes
+        # only after the model has loaded. Whether the named GPU exists is checked by models.resolve_device.
+        if not DEVICE_RE.fullmatch(value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N (N = GPU number) or mps")
+        return value
 
 
 class IndexConfig(_Section):
@@ -69,9 +85,10 @@ class RetrievalConfig(_Section):
     """None, or a cross-encoder model (registry name, path or hub id)."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
-    abstain_below: float | Literal["auto"] = "auto"
-    """Abstain when the best dense cosine similarity is below this. `auto`: the threshold `ragqa ingest`
-    calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index without one."""
+    abstain_below: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
+    """Abstain when the best dense cosine similarity (in [-1, 1]) is below this; -1 never abstains. `auto`: the
+    threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index
+    without one."""
     fusion_candidates: int = Field(50, gt=0)
     """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
     rerank_candidates: int = Field(20, gt=0)
@@ -111,7 +128,7 @@ class TrainConfig(_Section):
     """Training targets keep the whole sentences of the answer that fit in this many tokens (the generation
     budget), so the adapter learns answers it can finish; None keeps the whole answer."""
     context_k: int = Field(3, ge=0, le=20)
-    lr: float = Field(2e-4, gt=0.0)
+    lr: float = Field(2e-4, gt=0.0, lt=1.0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
     epochs: float = Field(1.0, gt=0.0)
@@ -144,6 +161,8 @@ class AskConfig(_Section):
     max_new_tokens: int = Field(160, gt=0, le=4096)
     temperature: float = Field(0.0, ge=0.0)
     """0 = greedy decoding."""
+    max_question_chars: int = Field(MAX_QUESTION_CHARS, gt=0, le=100_000)
+    """Longer questions are refused with a message (`ask`), or name the file and id (`eval`, `train`)."""
     disclaimer: bool = True
     context_tokens: int = Field(768, gt=16)
     """Token budget for the retrieved passages in the prompt (shared equally among them)."""
@@ -180,7 +199,7 @@ class JudgeConfig(_Section):
     holdout_fraction: float = Field(0.2, gt=0.0, lt=0.9)
     """Conditions held out of training (stable hash split), for the benchmark."""
     epochs: float = Field(1.0, gt=0.0)
-    lr: float = Field(1e-4, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0, lt=1.0)
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(160, gt=16, le=512)
     """Tokens per premise + hypothesis pair; longer passages are scored in windows."""

@@ -125,8 +125,11 @@ def load_corpus(specs: Iterable[str], fields: Fields = Fields(), max_doc_chars: 
 
 
 def clean_id(value: Any) -> str:
-    """Ids are printed in one-line citations: no control characters, no surrounding space."""
-    return _CONTROL.sub(" ", str(value)).strip()
+    """Ids are printed in one-line citations: each run of unprintable characters (C0 and C1 controls, which
+    terminals may read as escape sequences, line and paragraph separators, ...) becomes one space; no
+    surrounding space."""
+    text = "".join(ch if ch.isprintable() else "\x00" for ch in str(value))
+    return _CONTROL.sub(" ", text).strip()
 
 
 def _read(spec: str, fields: Fields, skipped: Counter) -> Iterator[Document]:
@@ -145,16 +148,27 @@ def _read(spec: str, fields: Fields, skipped: Counter) -> Iterator[Document]:
         else:
             skipped["empty file"] += 1
         return
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        records = _read_jsonl(path)
-    elif suffix == ".csv":
-        records = _read_csv(path, fields)
-    elif suffix == ".parquet":
-        records = _read_parquet(path, fields)
-    else:
+    if suffix not in TABULAR_SUFFIXES:
         raise RagqaError(f"corpus {path}: unsupported file type '{suffix}' (use .jsonl, .csv, .parquet, "
                          ".md, .txt or a folder)")
+    records = read_records(path, label="corpus", columns=[fields.text], expect="an object with a text field",
+                           hint="set --text-field (index.text_field)")
     yield from _records_to_docs(records, path.name, str(path), fields, skipped)
+
+
+def read_records(path: Path, *, label: str, columns: list[str], expect: str, hint: str) -> Iterator[tuple[int, dict]]:
+    """(line or row number, record) of a JSONL (.jsonl/.json/.ndjson: one object a line), CSV or Parquet file.
+
+    Shared by corpus and Q&A loading (ragqa.qa), so both give the same one-line errors: `label PATH: line N
+    ...` for bad UTF-8, bad JSON, a non-object line, bad CSV or an unreadable Parquet file; a table without
+    one of `columns` is refused with its column names and `hint`. Values are not checked here.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, columns, label, hint)
+    if suffix == ".parquet":
+        return _read_parquet(path, columns, label, hint)
+    return _read_jsonl(path, label, expect)
 
 
 def _records_to_docs(records: Iterable[tuple[int, dict]], source: str, where: str, fields: Fields,
@@ -192,58 +206,66 @@ def _records_to_docs(records: Iterable[tuple[int, dict]], source: str, where: st
                          f"set --text-field (index.text_field)")
 
 
-def _decode(data: bytes, path: Path, line: int | None = None) -> str:
+def _decode(data: bytes, path: Path, line: int | None = None, label: str = "corpus") -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         where = f"line {line}" if line is not None else f"byte {exc.start}"
-        raise RagqaError(f"corpus {path}: {where} is not valid UTF-8 ({exc.reason}); convert the file to UTF-8") \
+        raise RagqaError(f"{label} {path}: {where} is not valid UTF-8 ({exc.reason}); convert the file to UTF-8") \
             from None
 
 
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def _read_jsonl(path: Path, label: str, expect: str) -> Iterator[tuple[int, dict]]:
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, start=1):
-            line = _decode(raw, path, n).strip()
+            line = _decode(raw, path, n, label).strip()
             if not line:
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise RagqaError(f"corpus {path}: line {n} is not valid JSON ({exc.msg}); fix or remove it") \
+                raise RagqaError(f"{label} {path}: line {n} is not valid JSON ({exc.msg}); fix or remove it") \
                     from None
+            except RecursionError:  # json.loads recurses once per nesting level
+                raise RagqaError(f"{label} {path}: line {n} is nested too deeply; fix or remove it") from None
             if not isinstance(record, dict):
-                raise RagqaError(f"corpus {path}: line {n} is a JSON {type(record).__name__}, expected an object "
-                                 "with a text field")
+                raise RagqaError(f"{label} {path}: line {n} is a JSON {type(record).__name__}, expected {expect}")
             yield n, record
 
 
-def _read_csv(path: Path, fields: Fields) -> Iterator[tuple[int, dict]]:
+def _missing_column(path: Path, columns: list[str], have: list[str], label: str, hint: str) -> None:
+    missing = [c for c in columns if c not in have]
+    if missing:
+        raise RagqaError(f"{label} {path}: no column '{missing[0]}' (columns: {', '.join(map(str, have))}); {hint}")
+
+
+def _read_csv(path: Path, columns: list[str], label: str, hint: str) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(2**31 - 1)  # long passages are legal; over-long ones are skipped by max_doc_chars
-    text = _decode(path.read_bytes(), path)
+    text = _decode(path.read_bytes(), path, label=label)
     reader = csv.DictReader(text.splitlines(keepends=True))
-    if reader.fieldnames is None:
+    try:
+        fieldnames = reader.fieldnames
+    except csv.Error as exc:
+        raise RagqaError(f"{label} {path}: line 1 is not valid CSV ({exc})") from None
+    if fieldnames is None:
         return
-    if fields.text not in reader.fieldnames:
-        raise RagqaError(f"corpus {path}: no column '{fields.text}' (columns: {', '.join(reader.fieldnames)}); "
-                         "set --text-field (index.text_field)")
+    _missing_column(path, columns, list(fieldnames), label, hint)
     try:
         for n, record in enumerate(reader, start=2):
             yield n, {k: v for k, v in record.items() if k is not None}
     except csv.Error as exc:
-        raise RagqaError(f"corpus {path}: line {reader.line_num} is not valid CSV ({exc})") from None
+        raise RagqaError(f"{label} {path}: line {reader.line_num} is not valid CSV ({exc})") from None
 
 
-def _read_parquet(path: Path, fields: Fields) -> Iterator[tuple[int, dict]]:
+def _read_parquet(path: Path, columns: list[str], label: str, hint: str) -> Iterator[tuple[int, dict]]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-        raise RagqaError(f"corpus {path}: not a readable Parquet file ({type(exc).__name__})") from None
-    if fields.text not in table.column_names:
-        raise RagqaError(f"corpus {path}: no column '{fields.text}' (columns: {', '.join(table.column_names)}); "
-                         "set --text-field (index.text_field)")
+        raise RagqaError(f"{label} {path}: not a readable Parquet file ({type(exc).__name__}); "
+                         "re-export it") from None
+    _missing_column(path, columns, table.column_names, label, hint)
     yield from enumerate(table.to_pylist(), start=1)
 
 

@@ -139,12 +139,23 @@ def resolve(name: str, kind: Kind | None = None) -> ResolvedModel:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """auto -> cuda when available, else cpu."""
-    if device != "auto":
+    """auto -> cuda when available, else cpu. A named GPU that is not there is one line naming model.device,
+    not torch's assertion deep inside model loading (config.py has already checked the spelling)."""
+    if device == "cpu":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RagqaError("model.device=mps: no Apple GPU (MPS) is available here; use cpu or auto")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        number = int(device.partition(":")[2] or 0)
+        if number >= count:
+            seen = f"{count} CUDA GPU(s) are visible (cuda:0..cuda:{count - 1})" if count else "no CUDA GPU is visible"
+            raise RagqaError(f"model.device={device}: {seen}; use --set model.device=auto or cpu")
+    return device
 
 
 def resolve_dtype(dtype: str, device: str):

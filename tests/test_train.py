@@ -199,7 +199,7 @@ def test_qa_file_errors(tmp_path):
         load_qa([str(tmp_path / "missing.jsonl")])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "Q?", "answer": "A."}\n{"question": "", "answer": "x"}\n')
-    with pytest.raises(RagqaError, match="record 2"):
+    with pytest.raises(RagqaError, match="line 2: .question. must be non-empty text"):
         load_qa([str(bad)])
 
 

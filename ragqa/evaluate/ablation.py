@@ -24,6 +24,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
+from ragqa.qa import MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -67,13 +68,11 @@ def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
     return out
 
 
-def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Q&A rows {id, question, answer, gold_passage_ids} from JSONL/JSON/CSV/Parquet (ids as training uses)."""
-    from ragqa.train.data import load_qa
-
-    if not Path(path).is_file():
-        raise RagqaError(f"--questions {path}: file not found (JSONL with id, question, answer fields)")
-    rows, _ = load_qa([str(path)])
+def load_questions(path: str | Path, max_question_chars: int = MAX_QUESTION_CHARS) -> list[dict[str, Any]]:
+    """Q&A rows {id, question, answer, gold_passage_ids} from JSONL/JSON/CSV/Parquet (ragqa.qa, as training)."""
+    rows, _ = load_qa([path], option="--questions", max_question_chars=max_question_chars)
+    if not rows:
+        raise RagqaError(f"--questions {path}: no questions in the file")
     return [{"id": r.id, "question": r.question, "answer": r.answer, "gold_passage_ids": r.gold_ids} for r in rows]
 
 
@@ -364,8 +363,9 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
         raise RagqaError(f"configurations {names} need an adapter: pass --adapter PATH "
                          "(train one with `ragqa train`) or drop them, e.g. --configs base,rag")
     questions_path = questions or trained_questions(adapter) or STARTER_QA
-    rows, notes = select_questions(load_questions(questions_path), adapter, default_set=questions is None,
-                                   exclude_trained=exclude_trained, limit=limit, sample=sample, seed=seed)
+    rows, notes = select_questions(load_questions(questions_path, cfg.ask.max_question_chars), adapter,
+                                   default_set=questions is None, exclude_trained=exclude_trained, limit=limit,
+                                   sample=sample, seed=seed)
     output = Path(output)
     check_output_dir(output, "eval report", MARKERS, overwrite=overwrite)
     log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
@@ -412,10 +412,10 @@ def retrieval_only_eval(cfg: Config, *, questions: str | None = None, output: st
                         limit: int | None = None, progress: bool = True,
                         overwrite: bool = False) -> dict[str, dict[str, float]]:
     """recall@k and MRR@10 of every retrieval mode on the questions' gold passages; writes retrieval.md/json."""
-    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_qa
+    from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_gold_rows
     from ragqa.retrieve import Retriever
 
-    rows = load_qa(questions or STARTER_QA, limit)
+    rows = load_gold_rows(questions or STARTER_QA, limit, cfg.ask.max_question_chars)
     out = Path(output)
     check_output_dir(out, "eval report", MARKERS, overwrite=overwrite)
     retriever = Retriever.from_config(cfg)

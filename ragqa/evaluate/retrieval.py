@@ -12,20 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
-from ragqa.files import iter_jsonl
+from ragqa.qa import MAX_QUESTION_CHARS, load_qa
 
 
-def load_qa(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """Q&A rows that have a question and gold_passage_ids (others are skipped)."""
-    rows = []
-    for _, row in iter_jsonl(path):
-        if isinstance(row, dict) and row.get("question") and row.get("gold_passage_ids"):
-            rows.append(row)
-        if limit is not None and len(rows) >= limit:
-            break
-    if not rows:
-        raise RagqaError(f"{path}: no rows with 'question' and 'gold_passage_ids'")
-    return rows
+def load_gold_rows(path: str | Path, limit: int | None = None,
+                   max_question_chars: int = MAX_QUESTION_CHARS) -> list[dict[str, Any]]:
+    """The rows of a Q&A file (ragqa.qa: the loader train and eval use) that name gold passages; rows without
+    gold_passage_ids are skipped (nothing to score), bad rows are refused."""
+    rows, _ = load_qa([path], option="--questions", need_answer=False, max_question_chars=max_question_chars)
+    out = [{"id": r.id, "question": r.question, "gold_passage_ids": r.gold_ids} for r in rows if r.gold_ids]
+    if not out:
+        raise RagqaError(f"--questions {path}: no rows with 'question' and 'gold_passage_ids'")
+    return out[:limit] if limit is not None else out
 
 
 def rank_metrics(ranked_doc_ids: Sequence[str], gold: Iterable[str], ks: Sequence[int]) -> dict[str, float]:

@@ -62,6 +62,7 @@ def check_adapter_dir(path: str | Path, base_name: str) -> dict[str, Any]:
         raise RagqaError(f"{path} is not an adapter directory: {ADAPTER_WEIGHTS} is missing")
     if not (path / ADAPTER_CONFIG).is_file():
         raise RagqaError(f"{path} is not an adapter directory: {ADAPTER_CONFIG} is missing")
+    check_safetensors(path / ADAPTER_WEIGHTS)
     try:
         config = json.loads((path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -80,6 +81,25 @@ def check_adapter_dir(path: str | Path, base_name: str) -> dict[str, Any]:
     return config
 
 
+def damaged(weights: Path) -> RagqaError:
+    return RagqaError(f"{weights} is damaged or not a safetensors file: re-train or re-download the adapter")
+
+
+def check_safetensors(weights: Path) -> None:
+    """Refuse a weights file whose safetensors header is unreadable or points past the end of the file.
+
+    Only the header is read (safe_open maps the file lazily), so this costs nothing before the model loads;
+    without it, a damaged file surfaces as safetensors' own "header too small" after the base model loaded.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as fh:
+            fh.keys()
+    except (SafetensorError, OSError, ValueError):
+        raise damaged(weights) from None
+
+
 def load_adapter(model, path: str | Path, base_name: str):
     """Wrap `model` (the base named `base_name`) with the adapter at `path`, for inference.
 
@@ -87,11 +107,14 @@ def load_adapter(model, path: str | Path, base_name: str):
     weights (`adapter_model.bin`): only `adapter_model.safetensors` is ever read.
     """
     from peft import PeftModel
+    from safetensors import SafetensorError
 
     check_adapter_dir(path, base_name)
     # peft reads adapter_model.safetensors whenever it exists, which check_adapter_dir guarantees.
     try:
         wrapped = PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except SafetensorError:  # damaged after the header check (e.g. truncated while loading)
+        raise damaged(Path(path) / ADAPTER_WEIGHTS) from None
     except (RuntimeError, ValueError, KeyError) as exc:
         first = first_line(exc)[:300]
         raise RagqaError(f"adapter {path} does not fit base model '{base_name}': {first}") from None

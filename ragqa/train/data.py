@@ -18,22 +18,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ragqa import qa
 from ragqa.errors import RagqaError
-from ragqa.passage import Passage
 from ragqa.files import sha256_file, write_json_atomic
-
-
-@dataclass
-class QARow:
-    id: str
-    question: str
-    answer: str
-    gold_ids: list[str] = field(default_factory=list)
-    """Document ids of the passages the answer comes from (may be empty)."""
-    group: str | None = None
-    """The source document the question belongs to (MedQuAD `doc_id`: one condition), if the file says."""
+from ragqa.passage import Passage
+from ragqa.qa import MAX_QUESTION_CHARS, QARow
 
 
 @dataclass
@@ -64,60 +54,9 @@ class TrainData:
 # ---------------------------------------------------------------- loading and splitting
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            records = []
-            with open(path, encoding="utf-8") as fh:
-                for n, line in enumerate(fh, start=1):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError:
-                            raise RagqaError(f"{path} line {n}: not valid JSON") from None
-            return records
-        if suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                raise RagqaError(f"{path}: expected a JSON list of {{question, answer}} objects")
-            return data
-        if suffix in (".csv", ".parquet"):
-            import pandas as pd
-
-            frame = pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
-            return frame.where(frame.notna(), None).to_dict(orient="records")
-    except UnicodeDecodeError:
-        raise RagqaError(f"{path}: not UTF-8 text") from None
-    raise RagqaError(f"{path}: unsupported Q&A file type '{suffix}' (use .jsonl, .json, .csv or .parquet)")
-
-
-def load_qa(paths: Sequence[str]) -> tuple[list[QARow], dict[str, str]]:
-    """Read Q&A rows (fields question, answer, optional id and gold_passage_ids) and hash each file."""
-    rows: list[QARow] = []
-    hashes: dict[str, str] = {}
-    seen: set[str] = set()
-    for raw in paths:
-        path = Path(raw)
-        if not path.is_file():
-            raise RagqaError(f"train.data: Q&A file {path} not found (give a .jsonl with question/answer fields)")
-        hashes[str(path)] = sha256_file(path)
-        for n, rec in enumerate(_read_records(path), start=1):
-            if not isinstance(rec, dict):
-                raise RagqaError(f"{path} record {n}: expected an object with question and answer")
-            question, answer = rec.get("question"), rec.get("answer")
-            if not (isinstance(question, str) and isinstance(answer, str) and question.strip() and answer.strip()):
-                raise RagqaError(f"{path} record {n}: needs non-empty text fields 'question' and 'answer'")
-            rid = str(rec.get("id") or f"{path.stem}:{n}")
-            if rid in seen:
-                raise RagqaError(f"{path} record {n}: duplicate id {rid!r}")
-            seen.add(rid)
-            gold = rec.get("gold_passage_ids") or []
-            if isinstance(gold, str):
-                gold = [gold]
-            group = rec.get("doc_id")
-            group = str(group) if isinstance(group, str | int) and not isinstance(group, bool) and group != "" else None
-            rows.append(QARow(rid, question.strip(), answer.strip(), [str(g) for g in gold], group))
+def load_qa(paths: Sequence[str], max_question_chars: int = MAX_QUESTION_CHARS) -> tuple[list[QARow], dict[str, str]]:
+    """The training Q&A rows (ragqa.qa, the loader eval uses too) and each file's sha256; at least two rows."""
+    rows, hashes = qa.load_qa(paths, option="train.data", max_question_chars=max_question_chars)
     if len(rows) < 2:
         raise RagqaError(f"train.data: need at least 2 Q&A pairs, found {len(rows)} in {', '.join(paths)}")
     return rows, hashes
@@ -332,7 +271,7 @@ def _cache_path(key: str) -> Path:
 def build_data(cfg, tokenizer, *, use_cache: bool = True, retriever=None, show_progress: bool = True) -> TrainData:
     """Load, split, add RAFT context and tokenize the configured Q&A data (cached on disk)."""
     t = cfg.train
-    rows, hashes = load_qa(t.data)
+    rows, hashes = load_qa(t.data, cfg.ask.max_question_chars)
     key = cache_key(cfg, hashes, tokenizer)
     path = _cache_path(key)
     train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed, t.split_by)

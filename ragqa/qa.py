@@ -1,0 +1,169 @@
+"""Q&A files: the one loader behind `ragqa train --data`, `ragqa eval --questions` and `eval --retrieval-only`.
+
+A Q&A file is JSONL (one object a line), a .json list of objects, CSV or Parquet, with the fields `question`,
+`answer` (optional where only retrieval is scored), `id` (optional: FILE-STEM:N otherwise) and
+`gold_passage_ids` (optional: a list of document ids, or one id). Anything else is one line naming the file,
+the line or row, the field and the fix (ragqa.errors.RagqaError), never a partial load. Parsing goes through
+ragqa.corpus.read_records, the reader corpus files use, so both give the same errors for the same damage.
+
+This module sits outside ragqa.train so that evaluation, which must not depend on training code, can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragqa.corpus import clean_id, read_records
+from ragqa.errors import RagqaError
+from ragqa.files import sha256_file
+
+MAX_QUESTION_CHARS = 2000
+"""Default of ask.max_question_chars: a question is a sentence or two, not a pasted document."""
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+LABEL = "Q&A file"
+
+
+@dataclass
+class QARow:
+    id: str
+    question: str
+    answer: str
+    gold_ids: list[str] = field(default_factory=list)
+    """Document ids of the passages the answer comes from (may be empty)."""
+    group: str | None = None
+    """The source document the question belongs to (MedQuAD `doc_id`: one condition), if the file says; the
+    unit of the document-disjoint split (train.split_by)."""
+
+
+def normalize_question(question: str) -> str:
+    """Control characters become spaces, runs of space one space, no surrounding space."""
+    text = "".join(ch if ch in "\n\t" or unicodedata.category(ch)[0] != "C" else " " for ch in question)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def too_long(length: int, limit: int) -> str:
+    return f"the question is {length} characters; the limit is {limit} (ask.max_question_chars): shorten it"
+
+
+def clean_question(question: str, limit: int = MAX_QUESTION_CHARS) -> str:
+    """The normalized question; an empty or over-long one is refused.
+
+    Over-long questions are refused rather than cut: a cut question is a different question, answered as if
+    it were the one asked.
+    """
+    text = normalize_question(question)
+    if not text:
+        raise RagqaError("the question is empty: type a question, e.g. ragqa ask \"What causes acne?\"")
+    if len(text) > limit:
+        raise RagqaError(too_long(len(text), limit))
+    return text
+
+
+def load_qa(paths: Sequence[str | Path], *, option: str = "train.data", need_answer: bool = True,
+            max_question_chars: int = MAX_QUESTION_CHARS) -> tuple[list[QARow], dict[str, str]]:
+    """Read and check every row of the Q&A files; returns the rows and each file's sha256.
+
+    `option` names the setting the paths came from (in the not-found message); with need_answer=False rows
+    may leave out `answer` (retrieval-only evaluation). Ids must be unique across all files.
+    """
+    rows: list[QARow] = []
+    hashes: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise RagqaError(f"{option}: Q&A file {path} not found (give a .jsonl with question and answer fields)")
+        if path.suffix.lower() not in SUFFIXES:
+            raise RagqaError(f"{LABEL} {path}: unsupported file type '{path.suffix}' "
+                             "(use .jsonl, .json, .csv or .parquet)")
+        hashes[str(path)] = sha256_file(path)
+        for n, (where, record) in enumerate(_records(path, need_answer), start=1):
+            row = _row(record, path, where, f"{path.stem}:{n}", need_answer, max_question_chars)
+            if row.id in seen:
+                raise RagqaError(f"{LABEL} {path} {where}: id {row.id!r} is already used by {seen[row.id]}; "
+                                 "give every question its own id")
+            seen[row.id] = f"{path} {where}"
+            rows.append(row)
+    return rows, hashes
+
+
+def _records(path: Path, need_answer: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """('line N' / 'row N' / 'item N', record) for each record of the file."""
+    columns = ["question", "answer"] if need_answer else ["question"]
+    expect = "an object with question and answer fields"
+    if path.suffix.lower() == ".json":
+        yield from _read_json_list(path, expect)
+        return
+    unit = "row" if path.suffix.lower() == ".parquet" else "line"
+    for n, record in read_records(path, label=LABEL, columns=columns, expect=expect,
+                                  hint=f"a Q&A table needs the columns {' and '.join(columns)}"):
+        yield f"{unit} {n}", record
+
+
+def _read_json_list(path: Path, expect: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RagqaError(f"{LABEL} {path}: byte {exc.start} is not valid UTF-8; convert the file to UTF-8") from None
+    except json.JSONDecodeError as exc:
+        hint = " (one object a line is JSONL: name the file .jsonl)" if exc.msg == "Extra data" else ""
+        raise RagqaError(f"{LABEL} {path}: line {exc.lineno} column {exc.colno} is not valid JSON ({exc.msg}); "
+                         f"fix it{hint}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise RagqaError(f"{LABEL} {path}: JSON nested too deeply; a .json Q&A file is one list of objects") \
+            from None
+    if not isinstance(data, list):
+        raise RagqaError(f"{LABEL} {path}: the file holds a JSON {type(data).__name__}; a .json Q&A file is one "
+                         f"list of {{question, answer}} objects")
+    for n, record in enumerate(data, start=1):
+        if not isinstance(record, dict):
+            raise RagqaError(f"{LABEL} {path}: item {n} of the list is a JSON {type(record).__name__}, "
+                             f"expected {expect}")
+        yield f"item {n}", record
+
+
+def _text(record: dict[str, Any], key: str, path: Path, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        got = "missing" if value is None else "empty" if isinstance(value, str) else f"a {type(value).__name__}"
+        raise RagqaError(f"{LABEL} {path} {where}: '{key}' must be non-empty text ({got}); fix or remove the row")
+    return value.strip()
+
+
+def _row(record: dict[str, Any], path: Path, where: str, default_id: str, need_answer: bool, limit: int) -> QARow:
+    """One checked row; `default_id` (FILE-STEM:N, N counting records) stands in for a missing id."""
+    question = _text(record, "question", path, where)
+    if need_answer:
+        answer = _text(record, "answer", path, where)
+    else:  # retrieval-only evaluation never reads it
+        answer = record["answer"].strip() if isinstance(record.get("answer"), str) else ""
+    raw_id = record.get("id")
+    if raw_id is None or raw_id == "":
+        rid = default_id
+    elif isinstance(raw_id, str | int) and not isinstance(raw_id, bool) and clean_id(raw_id):
+        rid = clean_id(raw_id)  # ids are printed in reports: no control characters
+    else:
+        raise RagqaError(f"{LABEL} {path} {where}: 'id' must be text or a whole number (got {raw_id!r:.40}); "
+                         "fix it or leave it out")
+    cleaned = normalize_question(question)  # what `ask` and `eval` will see
+    if not cleaned:
+        raise RagqaError(f"{LABEL} {path} {where} (id {rid}): the question has no visible text; fix or remove it")
+    if len(cleaned) > limit:
+        raise RagqaError(f"{LABEL} {path} {where} (id {rid}): {too_long(len(cleaned), limit)}")
+    gold = record.get("gold_passage_ids")
+    if gold is None or gold == "":
+        gold = []
+    elif isinstance(gold, str | int) and not isinstance(gold, bool):
+        gold = [gold]
+    if not isinstance(gold, list) or not all(isinstance(g, str | int) and not isinstance(g, bool) for g in gold):
+        raise RagqaError(f"{LABEL} {path} {where} (id {rid}): 'gold_passage_ids' must be a list of document ids "
+                         f"(got {gold!r:.60}); fix it or leave it out")
+    group = record.get("doc_id")
+    group = clean_id(group) if isinstance(group, str | int) and not isinstance(group, bool) else ""
+    return QARow(rid, question, answer, [g for g in map(clean_id, gold) if g], group or None)
