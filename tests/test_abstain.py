@@ -49,7 +49,7 @@ def starter_index(tmp_path_factory):
 
 
 def test_ingest_calibrates_the_index_and_real_questions_fare_as_stated(starter_index):
-    from ragqa.evaluate.retrieval import load_qa
+    from ragqa.evaluate.retrieval import load_gold_rows
     from ragqa.retrieve import Retriever
 
     manifest = json.loads((starter_index / "manifest.json").read_text())
@@ -60,7 +60,8 @@ def test_ingest_calibrates_the_index_and_real_questions_fare_as_stated(starter_i
     retriever = Retriever.load(str(starter_index), embedder="minilm", device="cpu")
     vectors = retriever._faiss.reconstruct_n(0, retriever._faiss.ntotal)
     encode = lambda qs: np.stack([retriever.embed_query(q) for q in qs])  # noqa: E731 - the query path of ask
-    real = abstain.best_cosines(encode, vectors, [r["question"] for r in load_qa(ROOT / "corpora/starter/qa.jsonl")])
+    questions = [r["question"] for r in load_gold_rows(ROOT / "corpora/starter/qa.jsonl")]
+    real = abstain.best_cosines(encode, vectors, questions)
     answered = np.mean(np.asarray(real) >= cal["threshold"])
     assert answered >= 0.95, answered  # the starter's own questions, which calibration never saw
 
