@@ -317,8 +317,24 @@ async def _read_json(request, model: type[BaseModel]):
         return model.model_validate(data)
     except ValidationError as exc:
         e = exc.errors()[0]
-        param = ".".join(str(part) for part in e["loc"]) or None
+        param = _param(e["loc"], data)
         raise ApiError(400, f"{param}: {e['msg']}" if param else e["msg"], param=param, code="invalid_value") from None
+
+
+def _param(loc: tuple, data: Any) -> str | None:
+    """The dotted name of the field an error is about, as the client wrote it: pydantic adds the member
+    type of a union to the location ('messages.0.content.str'), which names nothing in the request."""
+    out, cur = [], data
+    for i, part in enumerate(loc):
+        if isinstance(cur, dict) and isinstance(part, str) and (part in cur or i == len(loc) - 1):
+            out.append(part)
+            cur = cur.get(part)
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            out.append(str(part))
+            cur = cur[part]
+        else:
+            break
+    return ".".join(out) or None
 
 
 def _question(text: str, param: str) -> str:
