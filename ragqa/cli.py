@@ -198,10 +198,13 @@ def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k
               help="Requests that may wait; more get 503 with Retry-After.")
 @click.option("--max-batch", default=16, show_default=True, type=click.IntRange(min=1),
               help="Most waiting non-streaming requests answered by one batched generate call.")
+@click.option("--batch-min-tokens", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Batch only requests allowing at least this many new tokens (short answers are prefill-bound "
+                   "and run faster one at a time).")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="Allow browser pages from ORIGIN to call the API (repeatable; CORS is off without it).")
 def serve_cmd(config_path, overrides, index_name, adapter, base_model, host, port, api_key_env, max_queue,
-              max_batch, cors_origins) -> None:
+              max_batch, batch_min_tokens, cors_origins) -> None:
     """Serve an OpenAI-compatible API (/v1/chat/completions, /v1/models), /v1/ask and a web page at /.
 
     \b
@@ -211,7 +214,7 @@ def serve_cmd(config_path, overrides, index_name, adapter, base_model, host, por
     cfg = _build_config(config_path, overrides, {"index.name": index_name, "model.base": base_model})
     from ragqa import serve
 
-    serve.run(cfg, adapter, host, port, api_key_env, max_queue, max_batch, cors_origins)
+    serve.run(cfg, adapter, host, port, api_key_env, max_queue, max_batch, cors_origins, batch_min_tokens)
 
 
 @cli.command("eval")

@@ -53,7 +53,8 @@ def server(index_dir, tmp_path_factory):
     log = (tmp_path_factory.mktemp("serve-log") / "server.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "ragqa", "serve", "--index", str(index_dir), "--port", str(port),
-         "--api-key-env", "RAGQA_TEST_KEY", "--set", "ask.max_new_tokens=8", "--set", "ask.threads=2"],
+         "--api-key-env", "RAGQA_TEST_KEY", "--set", "ask.max_new_tokens=8", "--set", "ask.threads=2",
+         "--batch-min-tokens", "2"],  # batch even the tests' tiny answers, to test batching cheaply
         cwd=ROOT, env={**os.environ, "RAGQA_TEST_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
     url, seen = f"http://127.0.0.1:{port}", []
     deadline = time.monotonic() + 300
@@ -217,9 +218,11 @@ def test_page_is_offline_and_strict(server):
     assert "<script>" not in res.text.replace('<script src="/static/app.js" defer></script>', "")
     assert "http://" not in res.text and "https://" not in res.text  # no CDN
     js = httpx.get(f"{url}/static/app.js", timeout=30).text
-    assert "innerHTML" not in js and "http" not in js.replace("http:", "").replace("https:", "")
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "://"):
+        assert sink not in js, sink
 
 
+@pytest.mark.slow
 def test_concurrent_requests_are_batched(server):
     url, _ = server
     before_batches = _metric(url, "ragqa_batch_size_count")
@@ -228,10 +231,9 @@ def test_concurrent_requests_are_batched(server):
 
     def ask(q):
         results.append(httpx.post(f"{url}/v1/chat/completions", headers=_auth(), timeout=300, json={
-            "model": "ragqa", "max_tokens": 4, "messages": [{"role": "user", "content": q}]}))
+            "model": "ragqa", "max_tokens": 2, "messages": [{"role": "user", "content": q}]}))
 
-    questions = ["How is scabies treated?", "What causes acne?", "How is psoriasis treated?", "What is eczema?",
-                 "What causes rosacea?"]
+    questions = ["How is scabies treated?", "What causes acne?", "How is psoriasis treated?", "What is eczema?"]
     threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
     for t in threads:
         t.start()
@@ -320,7 +322,8 @@ def test_browser_streams_answer_and_shows_cited_passage_as_text(server, tmp_path
         page.get_by_label("API key").fill(KEY)
         page.get_by_label("Your question").fill(SCABIES)
         page.get_by_label("Your question").press("Enter")  # keyboard only
-        page.wait_for_function("document.getElementById('status').textContent === 'Done.'", timeout=300_000)
+        # expect() polls from Python: wait_for_function would eval a string, which the page's CSP forbids.
+        playwright.expect(page.locator("#status")).to_have_text("Done.", timeout=300_000)
         assert page.evaluate("window.__growths") >= 2, "the answer arrived token by token"
         assert page.locator("#answer").inner_text().strip()
         assert page.locator("#error").is_hidden()
