@@ -212,9 +212,39 @@ def serve_cmd(config_path, overrides, index_name, adapter, base_model, host, por
     ask.max_new_tokens is the default max_tokens of a request.
     """
     cfg = _build_config(config_path, overrides, {"index.name": index_name, "model.base": base_model})
+    # Input checks before fastapi and the model load, so a mistake is reported at once.
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            raise RagqaError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is empty or unset")
+    if adapter not in (None, "", "none") and not os.path.isdir(adapter):
+        raise RagqaError(f"--adapter {adapter}: no such adapter directory")
+    from ragqa.ask import _check_index
+
+    _check_index(cfg)
+    _check_port(host, port)
     from ragqa import serve
 
-    serve.run(cfg, adapter, host, port, api_key_env, max_queue, max_batch, cors_origins, batch_min_tokens)
+    serve.run(cfg, adapter, host, port, api_key, max_queue, max_batch, cors_origins, batch_min_tokens)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before loading a model for nothing (uvicorn would only find out after)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise RagqaError(f"--host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise RagqaError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror}): "
+                             f"pick another --port or stop the other server") from None
 
 
 @cli.command("eval")

@@ -18,7 +18,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -35,7 +34,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from ragqa.answer import MAX_QUESTION_CHARS, RETRIEVAL_MODES, Answer, Pipeline, clean_question
+from ragqa.answer import MAX_QUESTION_CHARS, Answer, Pipeline, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError, first_line
 
@@ -590,23 +589,11 @@ def create_app(cfg: Config, adapter: str | None = None, api_key: str | None = No
     return app
 
 
-def run(cfg: Config, adapter: str | None, host: str, port: int, api_key_env: str | None, max_queue: int,
+def run(cfg: Config, adapter: str | None, host: str, port: int, api_key: str | None, max_queue: int,
         max_batch: int, cors_origins: tuple[str, ...], batch_min_tokens: int = 32) -> None:
-    """Entry point of `ragqa serve`: check inputs, then serve until Ctrl-C (exit 2 if loading fails)."""
+    """Entry point of `ragqa serve` (inputs checked by cli.py): serve until Ctrl-C; exit 2 if loading fails."""
     import uvicorn
 
-    from ragqa.ask import _check_index
-
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env, "").strip()
-        if not api_key:
-            raise RagqaError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is empty or unset")
-    if adapter not in (None, "", "none") and not Path(adapter).is_dir():
-        raise RagqaError(f"--adapter {adapter}: no such adapter directory")
-    _check_index(cfg)
-    if cfg.retrieval.mode not in RETRIEVAL_MODES:
-        raise RagqaError(f"retrieval.mode {cfg.retrieval.mode} is not one of {', '.join(RETRIEVAL_MODES)}")
     app = create_app(cfg, adapter=adapter, api_key=api_key, max_queue=max_queue, max_batch=max_batch,
                      cors_origins=cors_origins, batch_min_tokens=batch_min_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,

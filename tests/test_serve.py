@@ -348,3 +348,27 @@ def test_browser_streams_answer_and_shows_cited_passage_as_text(server, tmp_path
         browser.close()
     assert shot.stat().st_size > 1000
     assert blocked == [], "the page loads nothing from another origin"
+
+
+def test_serve_input_errors_are_one_line_and_fast(tmp_path):
+    from conftest import run_cli
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    cases = [
+        (["--api-key-env", "RAGQA_NO_SUCH_VAR"], "--api-key-env RAGQA_NO_SUCH_VAR: the environment variable"),
+        (["--adapter", str(tmp_path / "nope")], f"--adapter {tmp_path / 'nope'}: no such adapter directory"),
+        (["--index", str(tmp_path / "none")], "run `ragqa ingest --index"),
+        (["--set", "retrieval.mode=none", "--port", str(port)], f"--port {port}: cannot listen on 127.0.0.1:{port}"),
+    ]
+    try:
+        for args, message in cases:
+            start = time.monotonic()
+            res = run_cli("serve", *args, env={"RAGQA_NO_SUCH_VAR": ""}, timeout=60)
+            assert res.returncode == 2 and message in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1
+            assert time.monotonic() - start < 20, "no model is loaded before the inputs are checked"
+    finally:
+        taken.close()
