@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import socket
 import statistics
 import subprocess
@@ -104,7 +105,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--level-s", type=float, default=60, help="stop sending new requests of a level after this")
-    ap.add_argument("--extra", nargs="*", default=[], help="more `ragqa serve` arguments, e.g. --set ask.threads=2")
+    ap.add_argument("--serve-args", default="", help="more `ragqa serve` arguments in one string, "
+                                                   "e.g. --serve-args='--set ask.threads=2'")
     args = ap.parse_args()
     if not (Path(args.index) / "manifest.json").is_file():
         sys.exit(f"error: no index at {args.index}: run `ragqa ingest` first")
@@ -114,7 +116,7 @@ def main() -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"  # loopback only
     proc = subprocess.Popen([sys.executable, "-m", "ragqa", "serve", "--index", args.index, "--port", str(port),
-                             "--max-queue", str(max(64, 2 * max(args.levels))), *args.extra],
+                             "--max-queue", str(max(64, 2 * max(args.levels))), *shlex.split(args.serve_args)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         start = time.perf_counter()
