@@ -3,8 +3,9 @@
 Starts one server process (the starter index unless --index), then per concurrency level sends --requests
 streaming chat requests (at most --level-s seconds of new requests per level) and records time to first token,
 total latency, answers/s and errors. Streaming requests are generated one at a time (see ragqa/serve.py), so
-the batching gain is measured apart, in the same run and on the same server: --requests non-streaming requests
-sent one at a time, then all at once (the server answers those waiting together in batches).
+the batching gain is measured apart, in the same run and on the same server (started with --max-batch set to
+the largest level): --requests non-streaming requests sent one at a time, then all at once (the server answers
+those waiting together in batches).
 
     python benchmarks/serve.py [--index indexes/default] [--requests 16] [--max-tokens 64] [--levels 1 4 16]
 """
@@ -116,7 +117,8 @@ def main() -> None:
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"  # loopback only
     proc = subprocess.Popen([sys.executable, "-m", "ragqa", "serve", "--index", args.index, "--port", str(port),
-                             "--max-queue", str(max(64, 2 * max(args.levels))), *shlex.split(args.serve_args)],
+                             "--max-queue", str(max(64, 2 * max(args.levels))),
+                             "--max-batch", str(max(args.levels)), *shlex.split(args.serve_args)],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         start = time.perf_counter()

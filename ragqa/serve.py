@@ -2,9 +2,10 @@
 
 One process holds one model. Requests wait in a bounded queue served by a single worker thread (the model
 is not safe to run from two threads at once, and on CPU two generations would only share the same cores).
-Non-streaming requests that are waiting together are answered by one batched `generate` call, the path
-`ragqa eval` uses; a streaming request is generated alone, because the token streamer works one row at a
-time. Scale-out is by replicas: N `ragqa serve` processes can share one read-only index directory.
+With --max-batch N > 1, non-streaming requests that are waiting together are answered by one batched
+`generate` call, the path `ragqa eval` uses (off by default: on 2 CPU cores it measured slower, see
+Engine._next_batch); a streaming request is always generated alone, because the token streamer works one row
+at a time. Scale-out is by replicas: N `ragqa serve` processes can share one read-only index directory.
 
 Only `ragqa serve` imports this module (cli.py imports it inside the command), so fastapi loads here at the top.
 Everything that comes in over HTTP is data: the question is cleaned like `ragqa ask`'s, the page inserts
@@ -200,7 +201,9 @@ class Engine:
         settings, after a short window for requests arriving together. Only answers of at least
         batch_min_tokens are batched: a batch pays in decoding (memory-bound: one pass over the weights serves
         every row), not in prefill (compute-bound); on 2 CPU cores 5 questions with 4 new tokens each took
-        105 s as one batch and 46 s one at a time, while eval's batches of 80-token answers gain ~2.6x."""
+        105 s as one batch and 46 s one at a time, and benchmarks/serve.py measured batches of four 32-token
+        answers at 0.34x the answers/s of one at a time (a loaded machine), so `ragqa serve` batches only
+        when --max-batch is raised (eval's 2.6x was measured at 80 tokens on a quiet machine)."""
         with self.cond:
             while not self.pending and not self.closing:
                 self.cond.wait()
@@ -370,7 +373,7 @@ def _sources(answer: Answer) -> list[dict]:
 
 
 def create_app(cfg: Config, adapter: str | None = None, api_key: str | None = None, max_queue: int = 64,
-               max_batch: int = 16, batch_window_s: float = 0.005, cors_origins: tuple[str, ...] = (),
+               max_batch: int = 1, batch_window_s: float = 0.005, cors_origins: tuple[str, ...] = (),
                load_in_background: bool = True, batch_min_tokens: int = 32):
     metrics = Metrics()
     engine = Engine(cfg, adapter, max_queue, max_batch, batch_window_s, metrics, batch_min_tokens)

@@ -54,7 +54,7 @@ def server(index_dir, tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ragqa", "serve", "--index", str(index_dir), "--port", str(port),
          "--api-key-env", "RAGQA_TEST_KEY", "--set", "ask.max_new_tokens=8", "--set", "ask.threads=2",
-         "--batch-min-tokens", "2"],  # batch even the tests' tiny answers, to test batching cheaply
+         "--max-batch", "4", "--batch-min-tokens", "2"],  # batch even the tests' tiny answers, to test batching cheaply
         cwd=ROOT, env={**os.environ, "RAGQA_TEST_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
     url, seen = f"http://127.0.0.1:{port}", []
     deadline = time.monotonic() + 300
