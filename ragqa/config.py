@@ -6,9 +6,10 @@ inconsistent values are rejected with the dotted name of the field.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,10 +86,24 @@ class RetrievalConfig(_Section):
     """None, or a cross-encoder model (registry name, path or hub id)."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
-    abstain_below: Annotated[float, Field(ge=-1.0, le=1.0)] | Literal["auto"] = "auto"
+    abstain_below: float | Literal["auto"] = "auto"
     """Abstain when the best dense cosine similarity (in [-1, 1]) is below this; -1 never abstains. `auto`: the
     threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index
     without one."""
+
+    @field_validator("abstain_below", mode="before")
+    @classmethod
+    def _auto_or_cosine(cls, value: Any) -> Any:
+        # One message for the union (pydantic would report each member's error under its own name).
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not -1.0 <= number <= 1.0:
+            raise ValueError("must be 'auto' or a cosine similarity in [-1, 1]")
+        return number
     fusion_candidates: int = Field(50, gt=0)
     """Hybrid: how many dense and BM25 results each enter reciprocal rank fusion."""
     rerank_candidates: int = Field(20, gt=0)

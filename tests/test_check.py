@@ -112,7 +112,7 @@ class Scripted:
         self.pipeline, self.reply = pipeline, reply
 
     def __enter__(self):
-        self.pipeline._generate = lambda prompts, use_adapter, on_token: [
+        self.pipeline._generate = lambda prompts, use_adapter, on_token, *_: [
             (self.reply, {"generate_s": 0.0, "new_tokens": 1}) for _ in prompts]
         return self.pipeline
 

@@ -162,7 +162,7 @@ def test_eval_asks_the_adapters_held_out_questions_by_default(tmp_path):
 
 
 def test_the_raft_recipes_load():
-    for name in ("smollm2-135m_raft-derm_cpu.yaml", "smollm2-135m_raft-derm_cuda.yaml"):
+    for name in ("smollm2-135m_lora-raft-derm_cpu.yaml", "smollm2-135m_lora-raft-derm_cuda.yaml"):
         cfg = load_config(str(ROOT / "configs" / name), [])
         assert cfg.train.split_by == "document" and cfg.index.name == "medquad"
         assert cfg.train.target_tokens <= cfg.ask.max_new_tokens
