@@ -3,10 +3,11 @@
 Offline by default. Reference metrics use ragas' non-LLM metrics (ROUGE-L, string presence, semantic
 similarity with the local embedder) plus token F1 and a BERTScore-style greedy token match; retrieval
 metrics use ragas' id-based context precision/recall on the gold document ids; faithfulness comes from
-the local NLI judge (ragqa.judge) when one is trained. LLM-judged ragas metrics (faithfulness, answer
-relevancy, context precision/recall) run only when a judge is configured (`local:NAME` or
-`openai:MODEL`). Every metric that should have run but gave no number is recorded in `failures` with
-the reason (nan, parse, error), never silently dropped.
+the local NLI judge (ragqa.judge) when one is trained; answer relevance from the cross-encoder reranker
+(ragqa.rerank: the question and the answer scored as a query and a passage), when one is trained.
+LLM-judged ragas metrics (faithfulness, answer relevancy, context precision/recall) run only when a judge
+is configured (`local:NAME` or `openai:MODEL`). Every metric that should have run but gave no number is
+recorded in `failures` with the reason (nan, parse, error), never silently dropped.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("context_recall", "retrieval", "ragas IDBasedContextRecall (gold doc ids) = recall@k"),
     MetricInfo("mrr", "retrieval", "ragqa.evaluate.retrieval rank_metrics: 1/rank of the first gold passage"),
     MetricInfo("nli_faithfulness", "faithfulness", "ragqa NLI judge (answer sentences entailed by passages)"),
+    MetricInfo("answer_relevance", "answer", "ragqa cross-encoder reranker: P(answer is relevant to the question)"),
     MetricInfo("llm_faithfulness", "llm-judge", "ragas Faithfulness with the configured LLM judge"),
     MetricInfo("llm_answer_relevancy", "llm-judge", "ragas AnswerRelevancy with the configured LLM judge"),
     MetricInfo("llm_context_precision", "llm-judge", "ragas ContextPrecisionWithReference, LLM judge"),
@@ -183,6 +185,15 @@ def nli_support_score(result: Any) -> float:
     return math.nan if result.faithfulness is None else float(result.faithfulness)
 
 
+def answer_relevance(reranker, question: str, answer: str) -> float:
+    """How relevant the answer is to the question, offline: the reranker's P(relevant) for (question, answer).
+
+    The no-LLM stand-in for ragas' answer relevancy (which has an LLM write questions back from the answer): the
+    reranker was trained to score whether a text answers a question, and an answer is such a text. Citation
+    markers are dropped so that they do not count as content."""
+    return float(reranker.scores([(question, re.sub(r"\[\d+\]", " ", answer or "").strip())])[0])
+
+
 def _failure_reason(exc: BaseException) -> str:
     from pydantic import ValidationError
 
@@ -197,8 +208,10 @@ def _failure_reason(exc: BaseException) -> str:
 class Scorer:
     """Scores one answer record against its question row; all models loaded once."""
 
-    def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None):
-        """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four)."""
+    def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None,
+                 reranker=None):
+        """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four). reranker: a
+        ragqa.rerank Reranker for answer_relevance (None: the metric is not run)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
@@ -211,6 +224,7 @@ class Scorer:
 
         self.embedder = embedder
         self.nli_judge = nli_judge
+        self.reranker = reranker
         embeddings = local_embeddings(embedder)
         self._rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
         self._presence = StringPresence()
@@ -286,6 +300,10 @@ class Scorer:
             await run("context_precision", lambda: self._id_precision.single_turn_ascore(sample))
             await run("context_recall", lambda: self._id_recall.single_turn_ascore(sample))
             await run("mrr", lambda: rank_metrics(ids, gold, ks=())["mrr@10"])
+        if self.reranker is not None and not record.get("abstained"):
+            # No passages needed: the base configuration's answers are scored the same way. An empty answer
+            # scores what the model gives it, not a failure: it answered nothing relevant.
+            await run("answer_relevance", lambda: answer_relevance(self.reranker, question, answer))
         if passages and not record.get("abstained"):
             if self.nli_judge is not None:
                 await run("nli_faithfulness", lambda: self._nli(answer, passages))
