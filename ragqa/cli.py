@@ -392,6 +392,40 @@ def judge_score_cmd(config_path, overrides, premises, hypothesis, judge_name) ->
     click.echo(json.dumps(result.to_dict(), indent=2))
 
 
+@cli.group("rerank")
+def rerank_group() -> None:
+    """Train the cross-encoder reranker (retrieval.rerank=default) on the index's hard negatives."""
+
+
+@rerank_group.command("train")
+@_config_options
+@click.option("--data", multiple=True, help="Q&A file(s) with gold_passage_ids (default: train.data); the train/"
+                                            "validation split is train.split_by, train.val_fraction, train.seed.")
+@click.option("--index", "index_name", help="Index the passages and hard negatives come from (default index.name).")
+@click.option("--output", help="Reranker folder (default rerankers/default).")
+@click.option("--base", help="Starting model: registry name (minilm), local folder or hub id.")
+@click.option("--negatives", type=int, help="Hard negatives per question.")
+@click.option("--max-questions", type=int, help="Train on at most this many training questions.")
+@click.option("--epochs", type=float, help="Training epochs.")
+@click.option("--max-steps", type=int, help="Stop after this many steps (overrides --epochs).")
+@click.option("--lr", type=float, help="Learning rate.")
+@click.option("--batch-size", type=int, help="Pairs per batch.")
+@click.option("--seed", type=int, help="Random seed (pairs, head initialisation, order).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N.")
+def rerank_train_cmd(config_path, overrides, data, index_name, output, base, negatives, max_questions, epochs,
+                     max_steps, lr, batch_size, seed, device) -> None:
+    """Fine-tune a cross-encoder on the training questions: gold passage vs mined hard negatives."""
+    cfg = _build_config(config_path, overrides, {
+        "train.data": list(data) if data else None, "index.name": index_name, "rerank.output": output,
+        "rerank.base": base, "rerank.negatives": negatives, "rerank.max_questions": max_questions,
+        "rerank.epochs": epochs, "rerank.max_steps": max_steps, "rerank.lr": lr, "rerank.batch_size": batch_size,
+        "rerank.seed": seed, "model.device": device,
+    })
+    from ragqa.rerank.train import train_reranker
+
+    train_reranker(cfg)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:

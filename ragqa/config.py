@@ -83,7 +83,8 @@ class RetrievalConfig(_Section):
     mode: Literal["dense", "bm25", "hybrid", "none"] = "hybrid"
     k: int = Field(3, gt=0, le=100)
     rerank: str | None = None
-    """None, or a cross-encoder model (registry name, path or hub id)."""
+    """None, or a cross-encoder that rescores the first `rerank_candidates` results: `default` (the reranker
+    `ragqa rerank train` writes to rerankers/default), another trained reranker name, a folder or a hub id."""
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
     abstain_below: float | Literal["auto"] = "auto"
@@ -111,6 +112,8 @@ class RetrievalConfig(_Section):
     query_encoder: Literal["auto", "onnx", "torch"] = "auto"
     """How queries are embedded: onnx (ONNX Runtime, exported once from the embedder and checked against torch;
     ~3x sooner on CPU), torch, or auto = onnx on CPU where it works, torch otherwise."""
+    rerank_backend: Literal["auto", "onnx", "torch"] = "auto"
+    """How the cross-encoder runs: the same choice as query_encoder (onnx checked against torch before use)."""
 
 
 class LoraConfig(_Section):
@@ -229,6 +232,37 @@ class JudgeConfig(_Section):
     """Model name sent to the LLM endpoint."""
 
 
+class RerankConfig(_Section):
+    """`ragqa rerank train`: a cross-encoder reranker trained on (question, passage) pairs from the index.
+
+    Questions and their split come from the train section (train.data, train.split_by, train.val_fraction,
+    train.seed), so a recipe's reranker is trained on exactly the questions its adapter is, never on the
+    validation ones; the hard negatives come from the index (index.name) and its retrieval.mode."""
+
+    base: str = "minilm"
+    """Starting weights: registry name, local folder or hub id (a fresh one-logit head is added)."""
+    output: str = "rerankers/default"
+    negatives: int = Field(7, ge=1, le=50)
+    """Hard negatives per question: top retrieved passages that are not gold, plus same-document ones."""
+    same_document_negatives: int = Field(2, ge=0, le=50)
+    """Of those, at most this many other passages of the question's document (same condition, other question
+    type: its treatment when the question asks its symptoms), when the Q&A rows carry a doc_id."""
+    candidates: int = Field(30, gt=0)
+    """How deep in the retrieved list the hard negatives are mined."""
+    max_questions: int | None = Field(None, gt=0)
+    """Train on at most this many (seeded) of the training questions (None: all)."""
+    eval_questions: int = Field(200, ge=0)
+    """Validation questions scored for the card (first-stage vs reranked recall@1 and MRR@10); 0 skips it."""
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, gt=0)
+    """If set, overrides epochs."""
+    lr: float = Field(5e-5, gt=0.0)
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(288, gt=16, le=512)
+    """Tokens per question + passage (the index's chunks are 256 embedder tokens)."""
+    seed: int = 0
+
+
 class EvalSettings(_Section):
     """`ragqa eval` (the ablation matrix)."""
 
@@ -252,6 +286,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     ask: AskConfig = Field(default_factory=AskConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict[str, Any]:

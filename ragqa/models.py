@@ -70,7 +70,7 @@ REGISTRY: dict[str, ModelSpec] = {
 
 
 def cache_dir() -> Path:
-    """Where converted models and trained judges live: $RAGQA_CACHE or ~/.cache/ragqa."""
+    """Where converted models, ONNX exports and trained judges and rerankers live: $RAGQA_CACHE or ~/.cache/ragqa."""
     root = os.environ.get("RAGQA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ragqa")
     return Path(root)
 
@@ -121,6 +121,11 @@ def resolve(name: str, kind: Kind | None = None) -> ResolvedModel:
         from ragqa.judge.registry import find_judge
 
         if (found := find_judge(name)) is not None:
+            return ResolvedModel(name, str(found), "path")
+    if kind in (None, "reranker"):  # trained rerankers: rerankers/NAME or <cache>/rerankers/NAME
+        from ragqa.rerank.registry import find_reranker
+
+        if (found := find_reranker(name)) is not None:
             return ResolvedModel(name, str(found), "path")
     path = Path(name).expanduser()
     if path.exists():
@@ -324,4 +329,12 @@ def describe_registry() -> None:
         note += f", NLI dev acc {acc:.3f}" if acc else ""
         # Judge folder names and their cards are files on disk: Text cells, never parsed as markup.
         table.add_row(plain(name), "judge", plain(path), "-", plain(note))
+    from ragqa.rerank.registry import trained_rerankers
+
+    for name, path, card in trained_rerankers():
+        val = card.get("metrics", {}).get("validation", {})
+        note = f"trained cross-encoder reranker from {card.get('base', '?')}"
+        before, after = val.get("first_stage", {}).get("mrr@10"), val.get("reranked", {}).get("mrr@10")
+        note += f", validation MRR@10 {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
+        table.add_row(plain(name), "reranker", plain(path), "-", plain(note))
     Console().print(table)

@@ -119,37 +119,37 @@ def _structure(embedder) -> tuple[object, str, tuple[str, ...]]:
     return embedder[0].auto_model, pooling, inputs
 
 
-def _cache_path(model, inputs: tuple[str, ...]) -> Path:
+def _cache_path(model, inputs: tuple[str, ...], output: str) -> Path:
     import torch
 
     from ragqa.models import cache_dir
 
-    digest = hashlib.sha256(f"{EXPORT_VERSION} {torch.__version__} {' '.join(inputs)}".encode())
+    digest = hashlib.sha256(f"{EXPORT_VERSION} {torch.__version__} {' '.join(inputs)} {output}".encode())
     for name, tensor in model.state_dict().items():  # ~0.1 s for MiniLM: keyed by the weights, wherever they came from
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return cache_dir() / "onnx" / f"{digest.hexdigest()[:24]}.onnx"
 
 
-def _export(embedder, model, inputs: tuple[str, ...], path: Path) -> None:
-    """torch.onnx export of last_hidden_state with dynamic batch and sequence axes, written atomically."""
+def _export(model, example: dict, inputs: tuple[str, ...], output: str, path: Path) -> None:
+    """torch.onnx export of the model's `output` (last_hidden_state, logits) with dynamic batch and sequence axes,
+    written atomically."""
     import torch
 
-    class LastHidden(torch.nn.Module):
+    class Output(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.model = model
 
         def forward(self, *tensors):
-            return self.model(**dict(zip(inputs, tensors, strict=True))).last_hidden_state
+            return getattr(self.model(**dict(zip(inputs, tensors, strict=True))), output)
 
     # The exporter puts the wrapper (and so the model) back in the wrapper's mode when done: it must be eval, or
     # the torch path would run with dropout on afterwards. The tracer freezes Python branches on tensor values
     # ("no padding, so no mask"): the example is a real, padded batch so that the graph keeps the mask. Eager
     # attention traces to plain ONNX ops; the torch path gets its own implementation back afterwards.
     attention = model.config._attn_implementation
-    features = embedder.preprocess(["Which creams help a sore red rash?", "acne"])
-    example = tuple(features[name] for name in inputs)
+    tensors = tuple(example[name] for name in inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -157,44 +157,54 @@ def _export(embedder, model, inputs: tuple[str, ...], path: Path) -> None:
         model.set_attn_implementation("eager")
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and legacy-exporter notices: the graph is verified instead
-            axes = {name: {0: "batch", 1: "sequence"} for name in (*inputs, "last_hidden_state")}
-            torch.onnx.export(LastHidden().eval(), example, tmp, input_names=list(inputs),
-                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17, dynamo=False)
+            axes = {name: {0: "batch", 1: "sequence"} for name in inputs} | {output: {0: "batch"}}
+            torch.onnx.export(Output().eval(), tensors, tmp, input_names=list(inputs), output_names=[output],
+                              dynamic_axes=axes, opset_version=17, dynamo=False)
         os.replace(tmp, path)
     finally:
         model.set_attn_implementation(attention)
         Path(tmp).unlink(missing_ok=True)
 
 
-def _onnx_encoder(embedder) -> OnnxQueryEncoder:
+def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, what: str, threads: int = 4):
+    """An ONNX Runtime CPU session for `model` -> `output`, exported once and cached under <cache>/onnx/ by a hash
+    of the weights. A cached file that does not load (damaged, truncated) is exported again, once. `example` is a
+    padded batch of the model's tokenizer output (see _export). The caller verifies the session against torch.
+
+    Raises RagqaError (naming `what`) when onnxruntime is missing or the export fails."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise RagqaError("onnxruntime is not installed (pip install onnxruntime onnx)") from None
-    model, pooling, inputs = _structure(embedder)
-    path = _cache_path(model, inputs)
+    path = _cache_path(model, inputs, output)
     options = ort.SessionOptions()
     options.inter_op_num_threads = 1
-    options.intra_op_num_threads = min(os.cpu_count() or 1, 4)  # a 20-token query gains nothing from more
+    options.intra_op_num_threads = min(os.cpu_count() or 1, threads)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy threads beside generation
     for attempt in (1, 2):  # a damaged cached file is exported again, once
         if not path.exists():
             try:
-                _export(embedder, model, inputs, path)
+                _export(model, example, inputs, output, path)
             except Exception as exc:  # noqa: BLE001 - tracer and exporter raise many types; any failure means torch
                 first = first_line(exc)
-                raise RagqaError(f"ONNX export of the embedder failed: {first}") from None
+                raise RagqaError(f"ONNX export of the {what} failed: {first}") from None
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            break
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for a damaged file
             path.unlink(missing_ok=True)
             if attempt == 2:
-                raise RagqaError(f"the exported ONNX embedder {path} does not load: {type(exc).__name__}") from None
+                raise RagqaError(f"the exported ONNX {what} {path} does not load: {type(exc).__name__}") from None
+    raise AssertionError("unreachable")
+
+
+def _onnx_encoder(embedder) -> OnnxQueryEncoder:
+    model, pooling, inputs = _structure(embedder)
+    # A 20-token query gains nothing from more than 4 threads.
+    example = embedder.preprocess(["Which creams help a sore red rash?", "acne"])
+    session = onnx_session(model, example, inputs, "last_hidden_state", "embedder", threads=4)
     encoder = OnnxQueryEncoder(embedder, session, inputs, pooling)
     reference = TorchQueryEncoder(embedder)
     cosine = min(float(encoder.embed(q) @ reference.embed(q)) for q in PROBES)
     if cosine < MIN_COSINE:
         raise RagqaError(f"ONNX vectors differ from torch's (cosine {cosine:.6f} < {MIN_COSINE})")
     return encoder
-

@@ -1,5 +1,6 @@
 """Retrieval over a persisted index: dense (FAISS), BM25 (bm25s), hybrid (reciprocal rank fusion), and an
-optional cross-encoder rerank. One module used by ask, train and eval.
+optional cross-encoder rerank (ragqa.rerank; `retrieval.rerank=default` is the one `ragqa rerank train` writes).
+One module used by ask, train and eval.
 
 Hybrid fuses the two ranked lists here instead of through llama-index's QueryFusionRetriever: that one
 measured 0.3-0.5 s per query on this machine (async machinery, Node objects) while both searches together
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ragqa.errors import RagqaError, first_line
+from ragqa.errors import RagqaError
 from ragqa.index import (
     _dimension,
     BM25_DIR,
@@ -46,7 +47,7 @@ class Retriever:
 
     def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], faiss_index, bm25,
                  embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20,
-                 query_encoder: str = "auto"):
+                 query_encoder: str = "auto", rerank_backend: str = "auto"):
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -60,17 +61,20 @@ class Retriever:
         for row, chunk in enumerate(chunks):
             self._by_doc.setdefault(chunk["doc_id"], []).append(row)
         self._rerankers: dict[str, Any] = {}
+        self.rerank_backend = rerank_backend
         self.query_backend = query_encoder
         self._query_encoder = None  # built on the first query: loads that never search pay nothing for it
 
     @classmethod
     def load(cls, index: str | Path, embedder: str | None = None, device: str = "auto", *,
-             embedder_model=None, verify: bool = True, query_encoder: str = "auto", **options: int) -> Retriever:
+             embedder_model=None, verify: bool = True, query_encoder: str = "auto", rerank_backend: str = "auto",
+             **options: int) -> Retriever:
         """Load indexes/NAME (or a directory), checking checksums, counts and the embedder.
 
         embedder: the name the caller expects (a mismatch with the index is an error, never silent garbage).
         embedder_model: an already loaded SentenceTransformer to reuse. query_encoder: auto|onnx|torch
-        (ragqa.query_encoder). options: rrf_k, fusion_candidates, rerank_candidates.
+        (ragqa.query_encoder); rerank_backend: the same for the cross-encoder (ragqa.rerank.model).
+        options: rrf_k, fusion_candidates, rerank_candidates.
         """
         name = str(index)
         path = index if isinstance(index, Path) else index_dir(name)
@@ -98,7 +102,8 @@ class Retriever:
         if dim != manifest["embedder"]["dim"]:
             raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
                              f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
-        return cls(where, manifest, chunks, faiss_index, bm25, embedder_model, query_encoder=query_encoder, **options)
+        return cls(where, manifest, chunks, faiss_index, bm25, embedder_model, query_encoder=query_encoder,
+                   rerank_backend=rerank_backend, **options)
 
     @classmethod
     def from_config(cls, cfg) -> Retriever:
@@ -106,7 +111,7 @@ class Retriever:
         r = cfg.retrieval
         return cls.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device, rrf_k=r.rrf_k,
                         fusion_candidates=r.fusion_candidates, rerank_candidates=r.rerank_candidates,
-                        query_encoder=r.query_encoder)
+                        query_encoder=r.query_encoder, rerank_backend=r.rerank_backend)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -204,33 +209,19 @@ class Retriever:
         return [(row, fused[row]["rrf"], fused[row]) for row in order]
 
     def _rerank(self, name: str, query: str, passages: list[Passage]) -> list[Passage]:
+        """Rescore the first-stage candidates with the cross-encoder, one batch; ties keep first-stage order."""
         if not passages:
             return passages
-        model = self._reranker(name)
-        scores = model.predict([(query, p.text) for p in passages], show_progress_bar=False)
+        scores = self.reranker(name).scores([(query, p.text) for p in passages])
         for p, s in zip(passages, scores, strict=True):
             p.scores["rerank"] = float(s)
             p.score = float(s)
         return sorted(passages, key=lambda p: -p.score)
 
-    def _reranker(self, name: str):
+    def reranker(self, name: str):
+        """The cross-encoder `name` (ragqa.rerank.load_reranker), loaded once per retriever."""
         if name not in self._rerankers:
-            self._rerankers[name] = load_reranker(name, str(self.embedder.device))
+            from ragqa.rerank.model import load_reranker
+
+            self._rerankers[name] = load_reranker(name, str(self.embedder.device), self.rerank_backend)
         return self._rerankers[name]
-
-
-def load_reranker(name: str, device: str = "cpu"):
-    """A sentence-transformers CrossEncoder from a local folder or a hub id (safetensors only)."""
-    from sentence_transformers import CrossEncoder
-
-    path = Path(name).expanduser()
-    if not path.is_dir() and len(name.split("/")) != 2:
-        raise RagqaError(f"reranker '{name}' not found: ragqa ships no cross-encoder for offline use; give a local "
-                         "cross-encoder folder or a hub id such as cross-encoder/ms-marco-MiniLM-L6-v2 (needs network)")
-    try:
-        return CrossEncoder(str(path) if path.is_dir() else name, device=device, trust_remote_code=False,
-                            model_kwargs={"use_safetensors": True})
-    except (OSError, ValueError) as exc:
-        first = first_line(exc)
-        raise RagqaError(f"reranker '{name}' could not be loaded ({first}); ragqa ships no cross-encoder for "
-                         "offline use: give a local folder, or a hub id with network access") from None

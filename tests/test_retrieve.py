@@ -115,7 +115,7 @@ def test_missing_index_and_embedder_mismatch(tmp_path, retriever, embedder):
 
 
 def test_rerank_missing_model_is_a_clear_error(retriever):
-    with pytest.raises(RagqaError, match="ships no cross-encoder"):
+    with pytest.raises(RagqaError, match="reranker .no-such-reranker. not found: a trained reranker name"):
         retriever.retrieve(QUERY, k=2, rerank="no-such-reranker")
 
 

@@ -230,6 +230,7 @@ def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> Re
                              "use --fresh to start over, or another --output")
     write_json_atomic(meta_path, {"fingerprint": fingerprint, "nli_judge": previous.get("nli_judge", "not run"),
                                   "ref_scorer": previous.get("ref_scorer", "not run"),
+                                  "answer_relevance": previous.get("answer_relevance", "not run"),
                                   "updated": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2, sort_keys=True)
     return ResultsLog(results)
 
@@ -280,6 +281,23 @@ def load_ref_judge(nli):
     from ragqa.judge.lexical import LexicalJudge
 
     return LexicalJudge()
+
+
+def load_relevance_model(cfg: Config):
+    """(reranker or None, note): the cross-encoder behind answer_relevance: retrieval.rerank when set, else the
+    trained `default` reranker; without one the column is absent and the note says how to get it."""
+    from ragqa.models import resolve_device
+    from ragqa.rerank.model import load_reranker
+    from ragqa.rerank.registry import DEFAULT, TRAIN_COMMAND, find_reranker
+
+    name = cfg.retrieval.rerank or DEFAULT
+    if name == DEFAULT and find_reranker(DEFAULT) is None:
+        return None, f"not available (no trained reranker: `{TRAIN_COMMAND}`)"
+    try:
+        reranker = load_reranker(name, resolve_device(cfg.model.device), cfg.retrieval.rerank_backend)
+    except RagqaError as exc:
+        return None, f"not available ({exc})"
+    return reranker, f"reranker {reranker.name} ({reranker.backend})"
 
 
 def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
@@ -372,6 +390,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     meta_path = output / RUN_META
     previous = json.loads(meta_path.read_text(encoding="utf-8"))
     nli_note, ref_note = previous.get("nli_judge", "not run"), previous.get("ref_scorer", "not run")
+    relevance_note = previous.get("answer_relevance", "not run")
     start = time.perf_counter()
     if any((r["id"], c.name) not in log.done for r in rows for c in plan):
         from ragqa.evaluate.metrics import Scorer, make_llm_judge
@@ -384,8 +403,11 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
                                       "ref_scorer": ref_note}, indent=2, sort_keys=True)
         llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens) if judge \
             else None
+        relevance, relevance_note = load_relevance_model(cfg)
+        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")),
+                                      "answer_relevance": relevance_note}, indent=2, sort_keys=True)
         scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
-                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge)
+                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge, reranker=relevance)
         run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
     elapsed = time.perf_counter() - start
     names = [c.name for c in plan]
@@ -396,8 +418,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
             + (f" (first {limit})" if limit else ""),
             "adapter": adapter or "none", "model": cfg.model.base, "index": cfg.index.name,
             "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
-            "nli_judge": nli_note, "ref_scorer": ref_note, "answer check (ask.verify)": cfg.ask.verify,
-            "excluded_trained": notes["excluded_trained"]}
+            "nli_judge": nli_note, "ref_scorer": ref_note, "answer_relevance": relevance_note,
+            "answer check (ask.verify)": cfg.ask.verify, "excluded_trained": notes["excluded_trained"]}
     if "warning" in notes:
         meta["warning"] = notes["warning"]
     with report_swap(output, report.REPORT_FILES) as tmp:

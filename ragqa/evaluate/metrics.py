@@ -7,6 +7,8 @@ the local NLI judge (ragqa.judge) when one is trained. Correctness (ref_support,
 each answer sentence against the reference answer with the support scorer (NLI judge, else lexical), so
 closed-book rows are measured for hallucination too. Checked answers (ask.verify) also get token_f1_raw
 and nli_faithfulness_raw of the answer before the check; failure modes come from ragqa.evaluate.failures.
+Answer relevance comes from the cross-encoder reranker (ragqa.rerank: the question and the answer scored as a
+query and a passage), when one is trained.
 LLM-judged ragas metrics (faithfulness, answer relevancy, context precision/recall) run only when a judge
 is configured (`local:NAME` or `openai:MODEL`). Every metric that should have run but gave no number is
 recorded in `failures` with the reason (nan, parse, error), never silently dropped.
@@ -51,6 +53,7 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("context_recall", "retrieval", "ragas IDBasedContextRecall (gold doc ids) = recall@k"),
     MetricInfo("mrr", "retrieval", "ragqa.evaluate.retrieval rank_metrics: 1/rank of the first gold passage"),
     MetricInfo("nli_faithfulness", "faithfulness", "ragqa NLI judge (answer sentences entailed by passages)"),
+    MetricInfo("answer_relevance", "answer", "ragqa cross-encoder reranker: P(answer is relevant to the question)"),
     MetricInfo("llm_faithfulness", "llm-judge", "ragas Faithfulness with the configured LLM judge"),
     MetricInfo("llm_answer_relevancy", "llm-judge", "ragas AnswerRelevancy with the configured LLM judge"),
     MetricInfo("llm_context_precision", "llm-judge", "ragas ContextPrecisionWithReference, LLM judge"),
@@ -207,6 +210,15 @@ def nli_support_score(result: Any) -> float:
     return math.nan if result.faithfulness is None else float(result.faithfulness)
 
 
+def answer_relevance(reranker, question: str, answer: str) -> float:
+    """How relevant the answer is to the question, offline: the reranker's P(relevant) for (question, answer).
+
+    The no-LLM stand-in for ragas' answer relevancy (which has an LLM write questions back from the answer): the
+    reranker was trained to score whether a text answers a question, and an answer is such a text. Citation
+    markers are dropped so that they do not count as content."""
+    return float(reranker.scores([(question, re.sub(r"\[\d+\]", " ", answer or "").strip())])[0])
+
+
 def _failure_reason(exc: BaseException) -> str:
     from pydantic import ValidationError
 
@@ -222,9 +234,10 @@ class Scorer:
     """Scores one answer record against its question row; all models loaded once."""
 
     def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None,
-                 ref_judge=None):
+                 ref_judge=None, reranker=None):
         """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four). ref_judge: the support
-        scorer for ref_support / ref_contradiction (ragqa.judge.support_scorer; None: not run)."""
+        scorer for ref_support / ref_contradiction (ragqa.judge.support_scorer; None: not run). reranker: a
+        ragqa.rerank Reranker for answer_relevance (None: the metric is not run)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
@@ -238,6 +251,7 @@ class Scorer:
         self.embedder = embedder
         self.nli_judge = nli_judge
         self.ref_judge = ref_judge
+        self.reranker = reranker
         embeddings = local_embeddings(embedder)
         self._rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
         self._presence = StringPresence()
@@ -351,6 +365,10 @@ class Scorer:
                     scores[name], failures[name] = None, _failure_reason(error)
                 else:
                     await run(name, lambda f=counts: sum(map(f, claims)) / len(claims) if claims else math.nan)
+        if self.reranker is not None and not abstained:
+            # No passages needed: the base configuration's answers are scored the same way. An empty answer
+            # scores what the model gives it, not a failure: it answered nothing relevant.
+            await run("answer_relevance", lambda: answer_relevance(self.reranker, question, answer))
         if passages and not abstained:
             for name, metric in self._llm_metrics.items():
                 kwargs = {

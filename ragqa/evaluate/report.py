@@ -174,6 +174,7 @@ def _p(p: float | None) -> str:
 def _sources(meta: dict[str, Any]) -> dict[str, str]:
     sources = {m: info.source for m, info in METRICS.items()}
     sources["nli_faithfulness"] += f" — {meta.get('nli_judge') or 'not run'}"
+    sources["answer_relevance"] += f" — {meta.get('answer_relevance') or 'not run'}"
     for m in ("llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"):
         sources[m] += f" — judge: {meta.get('judge') or 'none configured'}"
     for m in ("ref_support", "ref_contradiction"):

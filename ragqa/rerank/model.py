@@ -1,0 +1,159 @@
+"""A cross-encoder reranker at inference: P(passage answers question) for (question, passage) pairs, batched.
+
+Backends, as for the query encoder (ragqa.query_encoder, whose export and cache this shares):
+- torch: sentence-transformers' CrossEncoder.predict.
+- onnx: the same BertForSequenceClassification through ONNX Runtime on CPU, exported once from the loaded
+  safetensors weights, cached by a hash of them and checked against torch on probe pairs before use. `auto` takes
+  onnx on CPU when that all works, torch otherwise.
+
+Scores are the model's sigmoid (one logit, a trained ragqa reranker or a hub ms-marco-style cross-encoder), so
+they are comparable across questions: the answer_relevance metric uses them as probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ragqa.errors import RagqaError, first_line
+from ragqa.rerank.registry import DEFAULT, TRAIN_COMMAND, find_reranker, reranker_roots
+
+log = logging.getLogger(__name__)
+
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+PROBES = (
+    ("What causes acne?", "Acne develops when oil and dead skin cells plug the hair follicles."),
+    ("Is psoriasis contagious?", "Scabies is caused by a mite that burrows into the skin and spreads by contact."),
+    ("x", "y"),
+)
+MAX_DIFF = 1e-4
+"""An exported graph whose probe scores stray further from torch's (in probability) is not used."""
+BATCH = 32
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+
+
+class Reranker:
+    """A one-logit cross-encoder; `scores` runs it through ONNX Runtime (`backend == 'onnx'`) or torch."""
+
+    def __init__(self, model, name: str, backend: str = "auto", batch_size: int = BATCH):
+        self.model = model
+        self.name = name
+        self.batch_size = batch_size
+        self.session = None
+        self.inputs: tuple[str, ...] = ()
+        self.backend = "torch"
+        if backend == "torch":
+            return
+        try:
+            self._use_onnx()
+        except RagqaError as exc:
+            if backend == "onnx":
+                raise RagqaError(f"retrieval.rerank_backend=onnx: {exc}; use retrieval.rerank_backend=torch") from None
+            log.info("reranker: torch (%s)", exc)
+
+    def _structure(self) -> tuple[object, tuple[str, ...]]:
+        import torch
+
+        model = self.model
+        if model.device.type != "cpu":
+            raise RagqaError(f"the reranker runs on {model.device.type}; ONNX Runtime is used on CPU only")
+        names = [type(module).__name__ for module in model]
+        if names != ["Transformer"] or model.num_labels != 1:
+            raise RagqaError(f"reranker modules {names} with {model.num_labels} labels are not one Transformer "
+                             "with one logit")
+        if not isinstance(model.activation_fn, torch.nn.Sigmoid):
+            raise RagqaError(f"reranker activation {type(model.activation_fn).__name__} is not Sigmoid")
+        features = model.preprocess([PROBES[0]])
+        inputs = tuple(name for name in INPUTS if name in features)
+        extra = {k for k, v in features.items() if hasattr(v, "shape")} - set(inputs)
+        if "input_ids" not in inputs or "attention_mask" not in inputs or extra:
+            raise RagqaError(f"tokenizer inputs {sorted(features)} are not {', '.join(INPUTS)}")
+        return model.model, inputs
+
+    def _use_onnx(self) -> None:
+        from ragqa.query_encoder import onnx_session
+
+        hf_model, inputs = self._structure()
+        example = self.model.preprocess([PROBES[0], ("acne", "a short passage")])  # padded: the mask stays
+        session = onnx_session(hf_model, example, inputs, "logits", "reranker", threads=os.cpu_count() or 1)
+        self.session, self.inputs = session, inputs
+        want = self._torch_scores(PROBES)
+        got = self._onnx_scores(PROBES)
+        diff = float(np.abs(got - want).max())
+        if diff > MAX_DIFF:
+            self.session = None
+            raise RagqaError(f"ONNX reranker scores differ from torch's (max {diff:.2e} > {MAX_DIFF})")
+        self.backend = "onnx"
+
+    def _torch_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        out = self.model.predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False,
+                                 convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _onnx_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        # Batches of similar length (sorted by characters): less padding, the same scores.
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        out = np.empty(len(pairs), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            features = self.model.preprocess([pairs[i] for i in rows])  # CrossEncoder's tokenization and truncation
+            logits = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
+            out[rows] = _sigmoid(logits[:, 0])
+        return out
+
+    def scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """P(relevant) in [0, 1] for each (question, text) pair, as float32."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        return self._onnx_scores(pairs) if self.session is not None else self._torch_scores(pairs)
+
+
+def reranker_location(name: str) -> tuple[str, str]:
+    """(where to load from, display name) for a trained reranker name, a folder or a hub id."""
+    if name == DEFAULT and find_reranker(DEFAULT) is None:
+        looked = " and ".join(str(root / DEFAULT) for root in reranker_roots())
+        raise RagqaError(f"no trained reranker (looked in {looked}); train it with `{TRAIN_COMMAND}`, "
+                         "or set retrieval.rerank to a cross-encoder folder or hub id")
+    trained = find_reranker(name)
+    if trained is not None:
+        return str(trained), name
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), path.name
+    if path.exists():
+        raise RagqaError(f"reranker {path} is a file; give a cross-encoder folder (with safetensors weights)")
+    parts = name.split("/")
+    if len(parts) == 2 and all(parts) and not name.startswith((".", "~")):
+        return name, name
+    raise RagqaError(f"reranker '{name}' not found: a trained reranker name (`ragqa models`), a cross-encoder "
+                     f"folder, or a hub id such as cross-encoder/ms-marco-MiniLM-L6-v2 (needs network); "
+                     f"train one with `{TRAIN_COMMAND}`")
+
+
+def load_reranker(name: str, device: str = "cpu", backend: str = "auto") -> Reranker:
+    """A Reranker from a trained name (`default`: rerankers/default), a local folder or a hub id (safetensors)."""
+    from sentence_transformers import CrossEncoder
+
+    location, shown = reranker_location(name)
+    local = Path(location).is_dir()
+    if local and not any(Path(location).glob("*.safetensors")):
+        raise RagqaError(f"reranker {location}: no safetensors weights (ragqa never loads pickle .bin files); "
+                         f"retrain it with `{TRAIN_COMMAND}`")
+    try:
+        model = CrossEncoder(location, device=device, trust_remote_code=False, local_files_only=local,
+                             model_kwargs={"use_safetensors": True})
+    except (OSError, ValueError) as exc:
+        first = first_line(exc)
+        raise RagqaError(f"reranker '{name}' could not be loaded ({first}); give a trained reranker name, a local "
+                         "folder, or a hub id with network access") from None
+    if model.num_labels != 1:
+        raise RagqaError(f"reranker '{name}' has {model.num_labels} output labels; a reranker has one relevance "
+                         "logit (an NLI judge is not a reranker)")
+    return Reranker(model, shown, backend)
