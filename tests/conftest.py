@@ -68,6 +68,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 
 @pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory):
+    """A faithfulness judge trained for real on in-domain pairs of the shipped starter corpus only (no shared
+    data needed, seeded): ~1 min on a quiet 2-core machine, once per session; tests using it are slow."""
+    from ragqa.config import load_config
+    from ragqa.judge.train import train_judge
+
+    out = tmp_path_factory.mktemp("judges") / "tiny"
+    cfg = load_config(None, [
+        f"judge.output={out}", "judge.nli=null", f"judge.corpus=[{STARTER / 'passages.jsonl'}]",
+        "judge.max_domain=240", "judge.window_words=25", "judge.max_length=64", "judge.epochs=3",
+        "judge.lr=2e-4", "judge.batch_size=16", "model.device=cpu", "judge.seed=0",
+    ])
+    return train_judge(cfg)
+
+
+@pytest.fixture(scope="session")
 def generator():
     from ragqa.models import load_generator
 
