@@ -271,6 +271,9 @@ def _check_port(host: str, port: int) -> None:
               help="Seed of --sample and of the bootstrap resampling (answers are greedy).")
 @click.option("--judge", help="LLM judge for ragas' LLM metrics: local:NAME or openai:MODEL (default: none).")
 @click.option("--judge-base-url", help="Base URL of an OpenAI-compatible server (vLLM, Ollama) for --judge openai:.")
+@click.option("--judge-api-key-env", metavar="VAR",
+              help="Environment variable holding the API key for --judge-base-url (sent only over https or to "
+                   "loopback). Default: none, except OPENAI_API_KEY for https://api.openai.com.")
 @click.option("--nli-judge", help="NLI faithfulness judge name or path; 'none' to skip (default: the trained one).")
 @click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
                                                       "instead of refusing.")
@@ -284,7 +287,8 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, sample, output, seed, judge,
-             judge_base_url, nli_judge, exclude_trained, fresh, overwrite, n_resamples, retrieval_only, k,
+             judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, overwrite, n_resamples,
+             retrieval_only, k,
              retrieval, quiet) -> None:
     """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
     cfg = _build_config(config_path, overrides, {
@@ -299,7 +303,8 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
     from ragqa.evaluate.ablation import evaluate
 
     summary = evaluate(cfg, questions=questions, adapter=adapter, configs=configs, limit=limit, sample=sample,
-                       output=output, seed=seed, judge=judge, judge_base_url=judge_base_url, nli_judge=nli_judge,
+                       output=output, seed=seed, judge=judge, judge_base_url=judge_base_url,
+                       judge_api_key_env=judge_api_key_env, nli_judge=nli_judge,
                        exclude_trained=exclude_trained, fresh=fresh, progress=not quiet, overwrite=overwrite)
     click.echo(printable(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
                          f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "

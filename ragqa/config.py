@@ -230,6 +230,9 @@ class JudgeConfig(_Section):
     """OpenAI-compatible base URL (e.g. http://localhost:8000/v1) for name=llm."""
     llm_model: str | None = None
     """Model name sent to the LLM endpoint."""
+    llm_api_key_env: str | None = None
+    """Environment variable holding the endpoint's API key. Without it no key is sent (OPENAI_API_KEY only to
+    https://api.openai.com); a named key goes only over https or to a loopback address."""
 
 
 class RerankConfig(_Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 STARTER = ROOT / "corpora" / "starter"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+# --- offline guard: no test, and no `ragqa` subprocess a test starts, may reach another host -----------------
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+os.environ["RAGQA_NETGUARD"] = "1"  # read by netguard/sitecustomize.py in every Python subprocess
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(NETGUARD), os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("RAGQA_NETGUARD_LOG", os.path.join(tempfile.mkdtemp(prefix="ragqa-netguard-"), "blocked.log"))
+sys.path.insert(0, str(NETGUARD))
+import ragqa_netguard  # noqa: E402
+
+ragqa_netguard.install()
+
+
+@pytest.fixture(autouse=True)
+def _offline():
+    """Fails the test if it, or a process it started, tried to reach the network (even if that was caught)."""
+    log = Path(os.environ["RAGQA_NETGUARD_LOG"])
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists() and log.stat().st_size > start:
+        with open(log, encoding="utf-8") as fh:
+            fh.seek(start)
+            pytest.fail("tried to reach the network:\n" + fh.read()[-3000:])
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +65,22 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory):
+    """A faithfulness judge trained for real on in-domain pairs of the shipped starter corpus only (no shared
+    data needed, seeded): ~1 min on a quiet 2-core machine, once per session; tests using it are slow."""
+    from ragqa.config import load_config
+    from ragqa.judge.train import train_judge
+
+    out = tmp_path_factory.mktemp("judges") / "tiny"
+    cfg = load_config(None, [
+        f"judge.output={out}", "judge.nli=null", f"judge.corpus=[{STARTER / 'passages.jsonl'}]",
+        "judge.max_domain=240", "judge.window_words=25", "judge.max_length=64", "judge.epochs=3",
+        "judge.lr=2e-4", "judge.batch_size=16", "model.device=cpu", "judge.seed=0",
+    ])
+    return train_judge(cfg)
 
 
 @pytest.fixture(scope="session")

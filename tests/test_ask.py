@@ -30,8 +30,10 @@ def pipeline(starter_index):
 
 
 def test_one_shot_json(starter_index):
-    res = run_cli("ask", "How is scabies treated?", "--index", str(starter_index), "--json",
-                  "--max-new-tokens", "40")
+    # Asked to cite, the base model's greedy answer cites passage 1 (a plain "How is scabies treated?" gets an
+    # answer without any citation, and the citation fields would go unchecked).
+    res = run_cli("ask", "How is scabies treated? Cite the passage number in brackets, like [1].",
+                  "--index", str(starter_index), "--json", "--max-new-tokens", "40")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout.strip().splitlines()[-1])
     assert data["answer"].strip() and data["raw_answer"].strip()
@@ -41,8 +43,9 @@ def test_one_shot_json(starter_index):
     assert len(data["passages"]) == 3
     assert any("scabies" in p["title"].lower() for p in data["passages"])
     assert all("dense" in p["scores"] for p in data["passages"])
-    for c in data["citations"]:
-        assert 1 <= c["n"] <= 3 and c["chunk_id"]
+    assert "[1]" in data["answer"] and [c["n"] for c in data["citations"]][:1] == [1], data
+    for c in data["citations"]:  # each citation names the passage its number points at
+        assert 1 <= c["n"] <= 3 and c["chunk_id"] == data["passages"][c["n"] - 1]["chunk_id"], c
     assert {"retrieve_s", "ttft_s", "tokens_per_s", "generate_s", "load_s"} <= set(data["timings"])
     assert data["disclaimer"] and "not medical advice" in data["disclaimer"]
 
@@ -51,8 +54,11 @@ def test_streaming_terminal_output_has_sources_and_disclaimer(starter_index):
     res = run_cli("ask", "What are the warning signs of melanoma?", "--index", str(starter_index),
                   "--max-new-tokens", "40")
     assert res.returncode == 0, res.stderr
-    assert "Sources" in res.stdout and "not medical advice" in res.stdout
-    assert "melanoma" in res.stdout.lower()
+    # The streamed answer comes first (the source titles also say "melanoma": it must be in the answer itself),
+    # then the sources, then the disclaimer.
+    answer, sources, rest = res.stdout.partition("Sources")
+    assert sources and "not medical advice" in rest and "Melanoma: warning signs" in rest
+    assert len(answer.split()) >= 10 and "melanoma" in answer.lower(), res.stdout
 
 
 def test_off_topic_question_abstains(pipeline):

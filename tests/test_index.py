@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -320,25 +319,56 @@ def test_cli_ingest_starter_corpus_end_to_end(tmp_path):
     assert nostats.returncode == 2 and "run `ragqa ingest" in nostats.stderr
 
 
+def _tree(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# Points in a run's own progress to kill it at, each seen in the folder beside the index (see _ingest_locked and
+# files.atomic_dir): the temp dir exists; it holds the vectors; it holds the manifest (written, not yet swapped);
+# the old index has been renamed to its backup (between or just after the two renames).
+KILL_POINTS = {
+    "temp dir created": lambda tmps, backup: bool(tmps),
+    "vectors written": lambda tmps, backup: any((t / "faiss.index").exists() for t in tmps),
+    "manifest written": lambda tmps, backup: any((t / "manifest.json").exists() for t in tmps),
+    "backup renamed": lambda tmps, backup: backup.exists(),
+}
+
+
 @pytest.mark.slow
 def test_sigkill_mid_ingest_leaves_previous_index_intact(tmp_path, embedder):
+    """SIGKILL at points taken from the run's progress (not fixed delays): the index left behind is the old one,
+    byte for byte, or (a kill after the swap) the complete new one; at least one kill must land mid-write."""
     starter = str(ROOT / "corpora/starter/passages.jsonl")
-    path, _ = build(tmp_path, embedder, write_jsonl(tmp_path / "docs.jsonl", DOCS))
-    expected = answers(path, embedder)
-    args = [sys.executable, "-m", "ragqa", "ingest", "--index", str(path), "--corpus", str(tmp_path / "docs.jsonl"),
-            "--corpus", starter, "--device", "cpu"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for seed in (1, 2, 3):
-        delay = random.Random(seed).uniform(2.0, 12.0)
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
+    docs = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    path = tmp_path / "idx"
+    args = [sys.executable, "-m", "ragqa", "ingest", "--index", str(path), "--corpus", docs, "--corpus", starter,
+            "--device", "cpu"]
+    landed = {}
+    for point, reached in KILL_POINTS.items():
+        build(tmp_path, embedder, docs)  # the old index (again: a kill after the swap leaves the new one)
+        old, expected = _tree(path), answers(path, embedder)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tmps = []
+        while proc.poll() is None:
+            tmps = list(tmp_path.glob(".idx.tmp-*"))
+            if reached(tmps, tmp_path / ".idx.old"):
+                proc.send_signal(signal.SIGSTOP)  # frozen: what is on disk now is what the kill interrupts
+                break
+            if not tmps:
+                time.sleep(0.002)  # loading and embedding take seconds; from the temp dir on, poll without pause
+        tmps = list(tmp_path.glob(".idx.tmp-*"))
+        mid_write = proc.poll() is None and bool(tmps)  # the new index was not yet swapped in
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert answers(path, embedder) == expected or json.loads(
-            (path / "manifest.json").read_text())["counts"]["documents"] == 55, f"seed {seed} after {delay:.1f}s"
-        if json.loads((path / "manifest.json").read_text())["counts"]["documents"] == 55:
-            break  # the run finished before the kill: nothing left to interrupt
-    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+        landed[point] = "mid-write" if mid_write else "after the swap" if proc.returncode == -9 else "missed"
+        where = index.existing_index(path)  # the index, or its backup after a kill between the two renames
+        if mid_write:
+            assert where is not None and _tree(where) == old, point
+            assert answers(path, embedder) == expected, point
+        else:
+            assert Retriever.load(path, embedder_model=embedder).manifest["counts"]["documents"] == 55, point
+    assert "mid-write" in landed.values(), f"no kill landed mid-write: {landed}"
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     r = Retriever.load(path, embedder_model=embedder)
     assert r.manifest["counts"]["documents"] == 55

@@ -157,19 +157,7 @@ EXAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_judge(tmp_path_factory):
-    from ragqa.config import load_config
-    from ragqa.judge.train import train_judge
-
-    out = tmp_path_factory.mktemp("judges") / "tiny"
-    cfg = load_config(None, [
-        f"judge.output={out}", "judge.nli=null", f"judge.corpus=[{STARTER / 'passages.jsonl'}]",
-        "judge.max_domain=240", "judge.window_words=25", "judge.max_length=64", "judge.epochs=3",
-        "judge.lr=2e-4", "judge.batch_size=16", "model.device=cpu",
-    ])
-    return train_judge(cfg)
-
+# `tiny_judge` (conftest.py): trained once per session, shared with test_eval_metrics.py.
 
 # At this CI size (45 steps, ~1 min on a quiet 2-core machine) the judge separates condition-name and
 # body-site swaps by a wide margin; number and polarity twins need the full recipe (see benchmarks/judge.py).

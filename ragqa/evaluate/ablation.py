@@ -360,8 +360,9 @@ def _record_base(row: dict, config: EvalConfig) -> dict[str, Any]:
 def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None = None,
              configs: str = DEFAULT_CONFIGS, limit: int | None = None, sample: int | None = None,
              output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
-             judge_base_url: str | None = None, nli_judge: str | None = None, exclude_trained: bool = False,
-             fresh: bool = False, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
+             judge_base_url: str | None = None, judge_api_key_env: str | None = None, nli_judge: str | None = None,
+             exclude_trained: bool = False, fresh: bool = False, progress: bool = True,
+             overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) the matrix and write the report; returns the summary with `paths`.
 
     An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite)."""
@@ -380,6 +381,10 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
         names = ", ".join(c.name for c in plan if c.use_adapter)
         raise RagqaError(f"configurations {names} need an adapter: pass --adapter PATH "
                          "(train one with `ragqa train`) or drop them, e.g. --configs base,rag")
+    if judge and judge.startswith("openai:"):
+        from ragqa.evaluate.metrics import openai_endpoint
+
+        openai_endpoint(judge_base_url, judge_api_key_env)  # a key that would leak is refused before any output
     questions_path = questions or trained_questions(adapter) or STARTER_QA
     rows, notes = select_questions(load_questions(questions_path, cfg.ask.max_question_chars), adapter,
                                    default_set=questions is None, exclude_trained=exclude_trained, limit=limit,
@@ -401,8 +406,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
         ref_note = ref_judge.name
         write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note,
                                       "ref_scorer": ref_note}, indent=2, sort_keys=True)
-        llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens) if judge \
-            else None
+        llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens,
+                             api_key_env=judge_api_key_env) if judge else None
         relevance, relevance_note = load_relevance_model(cfg)
         write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")),
                                       "answer_relevance": relevance_note}, indent=2, sort_keys=True)

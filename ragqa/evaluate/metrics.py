@@ -186,18 +186,31 @@ def local_judge_llm(name: str, device: str = "auto", max_new_tokens: int = 512):
     return LocalJudge()
 
 
-def make_llm_judge(spec: str, base_url: str | None = None, device: str = "auto", max_new_tokens: int = 512):
-    """`local:NAME` (a registry name or folder) or `openai:MODEL` (+ base_url) -> a ragas LLM."""
+def openai_endpoint(base_url: str | None = None, api_key_env: str | None = None) -> tuple[str, str | None]:
+    """(URL, API key or None) of `--judge openai:MODEL`; refuses, before any connection, a key that would
+    leak (see ragqa.judge.llm.api_key_for). No URL means OPENAI_BASE_URL, else OpenAI's own endpoint."""
+    from ragqa.judge.llm import OPENAI_URL, api_key_for
+
+    url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_URL
+    return url, api_key_for(url, api_key_env, url_option="--judge-base-url", key_option="--judge-api-key-env")
+
+
+def make_llm_judge(spec: str, base_url: str | None = None, device: str = "auto", max_new_tokens: int = 512,
+                   api_key_env: str | None = None):
+    """`local:NAME` (a registry name or folder) or `openai:MODEL` (+ base_url, api_key_env) -> a ragas LLM."""
     from ragqa.errors import RagqaError
 
     kind, _, model = spec.partition(":")
     if kind == "local" and model:
         return local_judge_llm(model, device=device, max_new_tokens=max_new_tokens)
     if kind == "openai" and model:
+        url, key = openai_endpoint(base_url, api_key_env)
         from openai import AsyncOpenAI
         from ragas.llms.base import llm_factory
 
-        client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"))
+        # Explicit values: given None, the client would read OPENAI_API_KEY itself and send it anywhere; an
+        # empty key makes it send no Authorization header at all.
+        client = AsyncOpenAI(base_url=url, api_key=key or "")
         return llm_factory(model, provider="openai", client=client, temperature=0.0)
     raise RagqaError(f"--judge {spec!r}: use local:NAME (e.g. local:smollm2-135m) or openai:MODEL "
                      "with --judge-base-url URL")

@@ -32,7 +32,7 @@ def default_judge(device: str = "cpu", window_overlap: int = 1):
 
 
 def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_overlap: int = 1,
-               llm_url: str | None = None, llm_model: str | None = None):
+               llm_url: str | None = None, llm_model: str | None = None, llm_api_key_env: str | None = None):
     """A judge by trained name, folder, hub NLI cross-encoder id, 'llm' (OpenAI-compatible endpoint) or 'lexical'.
 
     None means the default trained judge. The judge's `.name` says which judge scored.
@@ -46,7 +46,7 @@ def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_o
     if name_or_path == "llm":
         from ragqa.judge.llm import LLMJudge
 
-        return LLMJudge(llm_url or "", llm_model or "")
+        return LLMJudge(llm_url or "", llm_model or "", api_key_env=llm_api_key_env)
     from ragqa.judge.support import CrossEncoderJudge
 
     trained = find_judge(name_or_path)
@@ -67,12 +67,12 @@ def load_judge(name_or_path: str | None = None, *, device: str = "cpu", window_o
 
 
 def judge_from_config(cfg):
-    """The judge a ragqa Config names (judge.name, judge.llm_url, judge.llm_model, judge.window_overlap)."""
+    """The judge a ragqa Config names (judge.name, judge.llm_*, judge.window_overlap)."""
     from ragqa.models import resolve_device
 
     j = cfg.judge
     return load_judge(j.name, device=resolve_device(cfg.model.device), window_overlap=j.window_overlap,
-                      llm_url=j.llm_url, llm_model=j.llm_model)
+                      llm_url=j.llm_url, llm_model=j.llm_model, llm_api_key_env=j.llm_api_key_env)
 
 
 def support_scorer(cfg):

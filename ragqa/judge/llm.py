@@ -1,14 +1,17 @@
 """An LLM as a yes/no faithfulness judge through any OpenAI-compatible chat endpoint.
 
 Only used when configured (judge.name=llm with judge.llm_url). A plain stdlib HTTP call: the request is
-one small JSON POST, and an SDK would add nothing but a dependency. OPENAI_API_KEY is sent if set.
+one small JSON POST, and an SDK would add nothing but a dependency. Which API key is sent, and where, is
+decided by `api_key_for` (also used by eval's `--judge openai:MODEL`).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
@@ -21,6 +24,44 @@ PROMPT = (
 )
 
 
+OPENAI_URL = "https://api.openai.com/v1"
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_key_for(url: str, key_env: str | None, *, url_option: str, key_option: str) -> str | None:
+    """The API key to send to the OpenAI-compatible endpoint `url`, or None to send none.
+
+    A key is a credential for one service, so it goes only where the user pointed it: OPENAI_API_KEY (read
+    without being named) only to OpenAI's own https endpoint; any other endpoint gets the key of the variable
+    the user named (`key_option` VAR), and never in the clear: plain http only to this machine (loopback).
+    The refusal happens here, before any connection is made.
+    """
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise RagqaError(f"{url_option} {url!r} is not an http(s) URL: give one like http://localhost:8000/v1")
+    if key_env is None:
+        official = parts.scheme == "https" and host.lower() == urllib.parse.urlsplit(OPENAI_URL).hostname
+        return (os.environ.get(OPENAI_KEY_ENV) or None) if official else None
+    key = os.environ.get(key_env)
+    if not key:
+        raise RagqaError(f"{key_option} {key_env}: that environment variable is not set (or empty); export it "
+                         f"or drop {key_option}")
+    if parts.scheme != "https" and not _is_loopback(host):
+        raise RagqaError(f"{key_option} {key_env}: refusing to send the key in clear text to {host} over http; "
+                         f"use an https {url_option}, a loopback address, or drop {key_option}")
+    return key
+
+
 class LLMJudge:
     """Asks a chat model whether each claim is supported; score 1.0 for yes, 0.0 for no."""
 
@@ -28,11 +69,13 @@ class LLMJudge:
     can_contradict = False
     """A yes/no judge says supported or not, never contradicted."""
 
-    def __init__(self, url: str, model: str, timeout: float = 60.0):
+    def __init__(self, url: str, model: str, timeout: float = 60.0, api_key_env: str | None = None):
         if not url:
             raise RagqaError("judge.name=llm needs judge.llm_url, e.g. --set judge.llm_url=http://localhost:8000/v1")
         if not model:
             raise RagqaError("judge.name=llm needs judge.llm_model, the model name the endpoint serves")
+        self.api_key = api_key_for(url, api_key_env, url_option="judge.llm_url",
+                                   key_option="judge.llm_api_key_env")
         self.url = url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
@@ -44,12 +87,16 @@ class LLMJudge:
         body = {"model": self.model, "temperature": 0, "max_tokens": 3,
                 "messages": [{"role": "user", "content": PROMPT.format(passages=text, claim=claim)}]}
         headers = {"Content-Type": "application/json"}
-        if os.environ.get("OPENAI_API_KEY"):
-            headers["Authorization"] = f"Bearer {os.environ['OPENAI_API_KEY']}"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, json.dumps(body).encode(), headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user-configured URL
                 reply = json.load(response)["choices"][0]["message"]["content"]
+        except urllib.error.HTTPError as exc:
+            hint = "; no API key was sent: name one with judge.llm_api_key_env=VAR" \
+                if exc.code == 401 and not self.api_key else ""
+            raise RagqaError(f"LLM judge at {self.url}: {exc}{hint}") from None
         except (urllib.error.URLError, TimeoutError, KeyError, IndexError, json.JSONDecodeError) as exc:
             raise RagqaError(f"LLM judge at {self.url}: {exc}") from None
         word = reply.strip().lower().lstrip("*'\" ")
