@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -95,3 +96,36 @@ def embedder():
     from ragqa.models import load_embedder
 
     return load_embedder("minilm", device="cpu")
+
+
+@contextlib.contextmanager
+def chat_server(reply):
+    """A minimal OpenAI-compatible chat endpoint on 127.0.0.1: `reply(body, headers)` gives the message content.
+    Yields (base URL, the Authorization header of each request, in order)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+            seen.append(self.headers.get("Authorization"))
+            data = json.dumps({"choices": [{"message": {"content": reply(body, self.headers)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}/v1", seen
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -7,12 +7,9 @@ are never contacted (the refusal comes first, and the offline guard in conftest 
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
-from conftest import run_cli
+from conftest import chat_server, run_cli
 
 from ragqa.errors import RagqaError
 
@@ -24,29 +21,8 @@ REMOTE_HTTP = "http://10.20.30.40:8000/v1"  # a LAN host over plain http: never 
 @pytest.fixture
 def server():
     """An OpenAI-compatible chat endpoint on 127.0.0.1 that says "yes" and records each request's key header."""
-    seen: list[str | None] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(self.headers.get("Authorization"))
-            data = json.dumps({"choices": [{"message": {"content": "yes"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_port}/v1", seen
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with chat_server(lambda body, headers: "yes") as (url, seen):
+        yield url, seen
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ragqa.judge.pairs import (
     swap_site,
 )
 from ragqa.judge.text import split_sentences, windows
-from conftest import STARTER, run_cli
+from conftest import STARTER, chat_server, run_cli
 
 WINDOW = ("Scabies is caused by a tiny mite that burrows into the skin. It spreads by close skin contact. "
           "Itching is worst at night and affects the hands and wrists. Treatment is permethrin cream applied "
@@ -207,37 +207,18 @@ def test_cli_judge_score_prints_claims_as_json(tiny_judge):
 
 def test_llm_judge_speaks_openai_chat_and_names_itself():
     """The LLM judge against a minimal local OpenAI-compatible server that says yes iff the claim is quoted."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
     from ragqa.judge import load_judge
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            prompt = body["messages"][0]["content"]
-            claim = prompt.split("Claim: ")[1].split("\n")[0]
-            reply = "Yes." if claim.rstrip(".") in prompt.split("Claim: ")[0] else "No"
-            data = json.dumps({"choices": [{"message": {"content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def reply(body, headers):
+        prompt = body["messages"][0]["content"]
+        claim = prompt.split("Claim: ")[1].split("\n")[0]
+        return "Yes." if claim.rstrip(".") in prompt.split("Claim: ")[0] else "No"
 
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/v1"
+    with chat_server(reply) as (url, _):
         judge = load_judge("llm", llm_url=url, llm_model="tiny-llm")
         passage, entailed, twin = EXAMPLES[0]
         result = judge.support(f"{entailed} {twin}", [passage])
         assert result.judge == f"llm:tiny-llm@{url}"
         assert [c.score for c in result.claims] == [1.0, 0.0] and result.faithfulness == 0.5
-    finally:
-        server.shutdown()
     with pytest.raises(RagqaError, match="llm_url"):
         load_judge("llm")
