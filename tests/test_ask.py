@@ -31,15 +31,14 @@ def pipeline(starter_index):
 
 def test_one_shot_json(starter_index):
     # Asked to cite, the base model's greedy answer cites passage 1 (a plain "How is scabies treated?" gets an
-    # answer without any citation, and the citation fields would go unchecked).
-    res = run_cli("ask", "How is scabies treated? Cite the passage number in brackets, like [1].",
-                  "--index", str(starter_index), "--json", "--max-new-tokens", "40")
+    # answer without any citation, and the citation fields would go unchecked). Unchecked here: the check drops
+    # that citing sentence ("The correct answer is: [1].") as unsupported; the checked run follows.
+    question = "How is scabies treated? Cite the passage number in brackets, like [1]."
+    res = run_cli("ask", question, "--index", str(starter_index), "--json", "--max-new-tokens", "40",
+                  "--set", "ask.verify=false")
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout.strip().splitlines()[-1])
-    assert data["answer"].strip() and data["raw_answer"].strip()
-    # Checked by default: every generated sentence with its verdict; withdrawn when none is supported.
-    assert data["checked_by"] and data["sentences"] and "verify_s" in data["timings"]
-    assert data["abstained"] is not any(s["supported"] for s in data["sentences"])
+    assert data["answer"].strip() and data["checked_by"] is None
     assert len(data["passages"]) == 3
     assert any("scabies" in p["title"].lower() for p in data["passages"])
     assert all("dense" in p["scores"] for p in data["passages"])
@@ -48,6 +47,18 @@ def test_one_shot_json(starter_index):
         assert 1 <= c["n"] <= 3 and c["chunk_id"] == data["passages"][c["n"] - 1]["chunk_id"], c
     assert {"retrieve_s", "ttft_s", "tokens_per_s", "generate_s", "load_s"} <= set(data["timings"])
     assert data["disclaimer"] and "not medical advice" in data["disclaimer"]
+
+    # Checked by default: every generated sentence with its verdict; the answer keeps the supported ones,
+    # and is withdrawn when none is supported.
+    res = run_cli("ask", question, "--index", str(starter_index), "--json", "--max-new-tokens", "40")
+    assert res.returncode == 0, res.stderr
+    checked = json.loads(res.stdout.strip().splitlines()[-1])
+    assert checked["raw_answer"] == data["answer"]  # the same greedy answer, before the check
+    assert checked["checked_by"] and checked["sentences"] and "verify_s" in checked["timings"]
+    assert checked["abstained"] is not any(s["supported"] for s in checked["sentences"])
+    if not checked["abstained"]:
+        assert all(s["text"] in checked["answer"] for s in checked["sentences"] if s["supported"])
+        assert not any(s["text"] in checked["answer"] for s in checked["sentences"] if not s["supported"])
 
 
 def test_streaming_terminal_output_has_sources_and_disclaimer(starter_index):
