@@ -251,18 +251,20 @@ class Pipeline:
                 answer = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
                                 mode, adapter, timings, note)
                 if verify:
-                    self._check(answer, mode)
+                    budget = max_new_tokens or self.cfg.ask.max_new_tokens
+                    self._check(answer, mode, cut_off=timings.get("new_tokens", 0) >= budget)
                 timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"]
                                            + timings.get("verify_s", 0.0), 4)
                 answers[i] = answer
         return answers
 
-    def _check(self, answer: Answer, mode: str) -> None:
-        """Keep the answer's supported sentences (ask.verify); none left -> abstain with the nearest sources."""
+    def _check(self, answer: Answer, mode: str, cut_off: bool = False) -> None:
+        """Keep the answer's supported sentences (ask.verify); none left -> abstain with the nearest sources.
+        cut_off: generation stopped at its token budget (an unfinished last sentence is dropped)."""
         from ragqa.judge.check import check_answer
 
         start = time.perf_counter()
-        checked = check_answer(self.checker, answer.answer, self.shown(answer.passages, mode))
+        checked = check_answer(self.checker, answer.answer, self.shown(answer.passages, mode), cut_off)
         answer.timings["verify_s"] = round(time.perf_counter() - start, 4)
         answer.raw_answer, answer.checked_by = answer.answer, checked.checked_by
         answer.sentences = [s.to_dict() for s in checked.sentences]

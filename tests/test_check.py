@@ -53,6 +53,17 @@ def test_check_drops_a_contradicted_sentence_keeps_the_supported_one_in_place():
     assert [s.text for s in checked.removed] == ["Keeping the feet warm does not prevent them [1]."]
 
 
+def test_an_unfinished_last_sentence_is_dropped_when_generation_hit_its_budget():
+    answer = "Scabies is treated with permethrin cream [2]. The treatment"
+    whole = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES])
+    assert [s.supported for s in whole.sentences] == [True, True]  # a fragment's few words are in the passage
+    cut = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES], cut_off=True)
+    assert [(s.supported, s.label) for s in cut.sentences] == [(True, "entailment"), (False, "cut off")]
+    assert cut.text == "Scabies is treated with permethrin cream [2]."
+    finished = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [2].", [SCABIES], cut_off=True)
+    assert finished.supported and finished.text.endswith("[2].")
+
+
 def test_a_sentence_is_checked_against_the_passages_it_cites():
     # Supported by passage 2, but it cites passage 1: the citation is wrong, so the sentence goes.
     miscited = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [1].", [CHILBLAINS, SCABIES])

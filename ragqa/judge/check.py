@@ -26,7 +26,8 @@ class SentenceCheck:
     passage: int | None
     """1-based number of the passage that supports it best (None without passages)."""
     label: str
-    """entailment / neutral / contradiction (contradiction only from an NLI judge)."""
+    """entailment / neutral / contradiction (contradiction only from an NLI judge), or "cut off" (an unfinished
+    last sentence where generation hit its token budget)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,10 +55,22 @@ def _cited(sentence: str, n_passages: int) -> list[int]:
     return sorted(n for n in numbers if 1 <= n <= n_passages)
 
 
-def check_answer(scorer, answer: str, passages: Sequence) -> CheckedAnswer:
+_FINISHED_RE = re.compile(r"""[.!?:;]["')\]]*$""")
+
+
+def _finished(sentence: str) -> bool:
+    """Whether a sentence ends as a sentence does (citation markers and closing quotes aside)."""
+    return bool(_FINISHED_RE.search(CITATION_RE.sub("", sentence).rstrip()))
+
+
+def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False) -> CheckedAnswer:
     """Score each sentence of `answer` against its cited passages (all passages when uncited); keep the
     supported ones, in order and with the answer's own layout. `scorer` has `.name`, `.threshold` and
-    `.score_claims(claims, passages)` (ragqa.judge.support_scorer gives one)."""
+    `.score_claims(claims, passages)` (ragqa.judge.support_scorer gives one).
+
+    cut_off: generation stopped at its token budget. An unfinished last sentence ("The treatment") is then
+    dropped as "cut off": a fragment can score as supported (its few words are all in a passage) yet says
+    nothing whole."""
     pieces = split_sentences(answer)
     claims = [" ".join(split_claims(p)) for p in pieces]
     # One scorer call per distinct set of passages, so an NLI judge scores them in batches.
@@ -73,6 +86,9 @@ def check_answer(scorer, answer: str, passages: Sequence) -> CheckedAnswer:
             number = None if scored.passage is None else numbers[scored.passage]
             checks[i] = SentenceCheck(pieces[i], scored.score >= scorer.threshold, round(float(scored.score), 4),
                                       number, scored.label)
+    last = max(checks, default=None)
+    if cut_off and last is not None and not _finished(pieces[last]):
+        checks[last].supported, checks[last].label = False, "cut off"
     keep, last_claim_kept = [], False
     for i in range(len(pieces)):
         if i in checks:
