@@ -122,12 +122,15 @@ def test_recover_restores_removes_and_leaves_live_writers_alone(tmp_path):
 
 @pytest.mark.parametrize("loader", ["check_adapter_dir", "adapter_base"])  # ask/eval, and export
 def test_adapter_loaders_restore_an_adapter_left_by_a_kill(loader, tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
     from ragqa.train.adapter import check_adapter_dir
     from ragqa.train.export import adapter_base
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_model.safetensors").write_bytes(b"")  # check_adapter_dir reads no weights
+    save_file({"w": np.zeros(1, dtype=np.float32)}, adapter / "adapter_model.safetensors")  # a valid header
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "smollm2-135m"}))
     (adapter / "ragqa_card.json").write_text(json.dumps({"base_model": "smollm2-135m", "method": "lora"}))
     crash_between_the_renames(adapter)
