@@ -35,7 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 
-from ragqa.answer import MAX_QUESTION_CHARS, Answer, Pipeline, clean_question
+from ragqa.answer import Answer, Pipeline
+from ragqa.qa import MAX_QUESTION_CHARS, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError, first_line
 

@@ -146,7 +146,9 @@ def test_rerank_train_refuses_a_foreign_output_folder(tmp_path):
 def test_answer_relevance_in_eval(index, trained, tmp_path):
     out = tmp_path / "report"
     res = run_cli("eval", "--index", str(index), "--limit", "2", "--configs", "base,rag", "--output", str(out),
-                  "--set", "ask.max_new_tokens=12", "--set", f"retrieval.rerank={trained}", "--nli-judge", "none",
+                  # Unchecked: 12-token answers end mid-sentence, and a withdrawn answer gets no relevance score.
+                  "--set", "ask.max_new_tokens=12", "--set", "ask.verify=false",
+                  "--set", f"retrieval.rerank={trained}", "--nli-judge", "none",
                   "--bootstrap", "200", "--quiet")
     assert res.returncode == 0, res.stderr
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
