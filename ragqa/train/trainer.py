@@ -262,7 +262,17 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
 
-    def _save_checkpoint(self, step: int, micro: int) -> Path | None:
+    @staticmethod
+    def _rng_state() -> dict:
+        import torch
+
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _save_checkpoint(self, step: int, micro: int, rng: dict | None = None) -> Path | None:
+        """Checkpoint after `step` completed steps. `rng`: the random state as that step left it (default: now)."""
         import torch
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
@@ -274,9 +284,7 @@ class Trainer:
             model = self.accelerator.unwrap_model(self.model)
             weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
             save_file(weights, str(tmp / "adapter_model.safetensors"))
-            rng = {"torch": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
+            rng = rng or self._rng_state()
             # Our own file, read back with weights_only=True (tensors and plain containers only).
             torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                         "rng": rng}, tmp / STATE_FILE)
@@ -363,6 +371,9 @@ class Trainer:
         last_train = next((h["loss"] for h in reversed(self.history) if "loss" in h), None)
         last_val = next((h["val_loss"] for h in reversed(self.history) if h.get("val_loss") is not None), base_val)
         interrupted = False
+        # The random state as the last completed step left it: a Ctrl-C in the middle of the next step must not
+        # save the state that step's dropout draws have already advanced (the resumed run would draw other masks).
+        rng = self._rng_state()
         # On a GPU, reading a step's loss right away would wait for its kernels and leave the GPU idle
         # while Python prepares the next step: there each record is completed (loss read, logged) one
         # step late, when its kernels are done. Evaluation, checkpoints and the end complete it at once.
@@ -377,6 +388,7 @@ class Trainer:
         try:
             with bar:
                 while step < self.total_steps:
+                    rng = self._rng_state()
                     tick = time.perf_counter()
                     group = [next(batches) for _ in range(t.grad_accum)]
                     n_answer, n_tokens = (round(n) for n in self._sum_over_processes(
@@ -430,7 +442,7 @@ class Trainer:
             if pending is not None:
                 finish(pending)
             if step > 0 and self.checkpoints:
-                path = self._save_checkpoint(step, micro)
+                path = self._save_checkpoint(step, micro, rng)
                 if path:
                     print(printable(f"interrupted: checkpoint saved to {path}; continue with --resume"),
                           file=sys.stderr)
