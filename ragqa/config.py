@@ -145,6 +145,10 @@ class TrainConfig(_Section):
     target_tokens: int | None = Field(None, gt=0)
     """Training targets keep the whole sentences of the answer that fit in this many tokens (the generation
     budget), so the adapter learns answers it can finish; None keeps the whole answer."""
+    citations: Literal["end", "sentence"] = "end"
+    """Where a RAFT target cites the gold passage: `end` (one [n] before the final full stop) or `sentence`
+    (every sentence, so an answer cut at the token budget still cites, and each sentence names the passage the
+    answer check scores it against)."""
     context_k: int = Field(3, ge=0, le=20)
     lr: float = Field(2e-4, gt=0.0, lt=1.0)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"

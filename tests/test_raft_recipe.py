@@ -139,6 +139,29 @@ def test_targets_cite_the_gold_passage_among_same_document_negatives(tiny_medqua
         assert sibling in [c.split("#")[0] for c in e.context_ids]  # the same condition's other passage
 
 
+def test_cite_target_marks_each_sentence_or_only_the_end():
+    from ragqa.train.data import cite_target
+
+    answer = "Scabies is a mite infestation. It itches at night. Close contacts are treated too."
+    assert cite_target(answer, 2, "end") == answer[:-1] + " [2]."
+    assert cite_target(answer, 2, "sentence") == ("Scabies is a mite infestation [2]. It itches at night [2]. "
+                                                  "Close contacts are treated too [2].")
+
+
+def test_sentence_citations_mark_every_target_sentence(tiny_medquad, tokenizer):
+    from ragqa.judge.text import split_sentences
+
+    qa, index = tiny_medquad
+    _, examples = _decoded_examples(qa, index, tokenizer, "train.raft_gold_prob=1.0", "train.citations=sentence")
+    answers = {r["id"]: r for r in _qa_rows()}
+    for e, target in examples:
+        n = [c.split("#")[0] for c in e.context_ids].index(answers[e.id]["gold_passage_ids"][0]) + 1
+        sentences = split_sentences(target)
+        assert len(sentences) == len(split_sentences(answers[e.id]["answer"])) >= 1
+        assert all(re.search(rf"\[{n}\]\.?$", s) for s in sentences), target  # cut anywhere, it still cites
+        assert target.replace(f" [{n}]", "").strip() == answers[e.id]["answer"]
+
+
 def test_decline_targets_when_the_gold_passage_is_left_out(tiny_medquad, tokenizer):
     qa, index = tiny_medquad
     _, examples = _decoded_examples(qa, index, tokenizer, "train.raft_gold_prob=0.0", "train.raft_absent=decline")

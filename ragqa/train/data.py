@@ -177,6 +177,17 @@ def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
     return " ".join(words)
 
 
+def cite_target(answer: str, n: int, citations: str) -> str:
+    """The target citing passage n at its end (`end`) or after every sentence (`sentence`)."""
+    from ragqa.prompt import cite
+
+    if citations == "sentence":
+        from ragqa.judge.text import split_sentences
+
+        return " ".join(cite(s, n) for s in split_sentences(answer)) or cite(answer, n)
+    return cite(answer, n)
+
+
 DECLINE_TARGET = "The passages shown do not answer this question; the nearest is [{n}]."
 """Training target (train.raft_absent=decline) when the gold passage is not among the passages."""
 
@@ -212,7 +223,7 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "train": [t.val_fraction, t.max_examples, t.max_val_examples, t.raft_gold_prob, t.context_k,
                   t.max_seq_len, t.seed, cfg.ask.context_tokens, t.raft_absent, t.same_document_negatives,
-                  t.split_by, t.target_tokens],
+                  t.split_by, t.target_tokens, t.citations],
         "index": index_fingerprint(cfg.index.name) if t.context_k > 0 else None,
         "embedder": cfg.model.embedder if t.context_k > 0 else None,
         "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
@@ -237,7 +248,7 @@ def _siblings(rows: list[QARow], retriever, mode: str) -> dict[str, list[Passage
 
 
 def _encode_rows(rows: list[QARow], tokenizer, retriever, cfg, progress) -> list[Example]:
-    from ragqa.prompt import cite, encode_example, fit_passages
+    from ragqa.prompt import encode_example, fit_passages
 
     t = cfg.train
     mode = _retrieval_mode(cfg)
@@ -252,7 +263,7 @@ def _encode_rows(rows: list[QARow], tokenizer, retriever, cfg, progress) -> list
             # The same context budget `ask` uses, so the adapter trains on what it will see.
             passages = fit_passages(tokenizer, passages, cfg.ask.context_tokens)
             if gold_at is not None:  # teach the citation habit: the target cites the gold passage
-                answer = cite(answer, gold_at + 1)
+                answer = cite_target(answer, gold_at + 1, t.citations)
             elif t.raft_absent == "decline" and passages:
                 nearest = min(range(len(passages)), key=lambda i: -passages[i].score)
                 answer = DECLINE_TARGET.format(n=nearest + 1)
