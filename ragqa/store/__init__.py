@@ -18,11 +18,12 @@ import pkgutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ragqa.errors import RagqaError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT = "faiss"
 RECORD_FILE = "store.json"
