@@ -343,3 +343,19 @@ def test_bad_store_settings_are_one_line_and_write_nothing(tmp_path):
         assert len(lines) == 1 and all(e in lines[0] for e in expected), (args, lines)
         assert "secret-key" not in res.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]  # no index, lock or temp folder
+
+
+def test_an_unreachable_server_fails_before_any_model_loads(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    docs = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    res = run_cli("ingest", "--corpus", docs, "--index", str(tmp_path / "idx"), "--device", "cpu", "--store", "qdrant",
+                  "--store-url", f"http://127.0.0.1:{port}", cwd=ROOT, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: Qdrant server http://127.0.0.1:{port}: connecting failed")
+    assert "is the server running" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]

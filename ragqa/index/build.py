@@ -60,6 +60,7 @@ def ingest(cfg, embedder=None, *, overwrite: bool = False) -> Path:
     path = index_dir(cfg.index.name)
     store_cls = backend(cfg.index.store)
     params = store_cls.params(cfg)  # settings the backend cannot honour are refused before anything is written
+    store_cls.preflight(params)
     # Backups are recovered under the lock (_recover), where no other ingest can be mid-swap.
     check_output_dir(path, "index", (MANIFEST,), option="--index", overwrite=overwrite, recover_backup=False)
     try:

@@ -48,6 +48,11 @@ class VectorStore(ABC):
         the setting when the config asks for something this backend cannot do. A change of these settings
         rebuilds the store from the stored vectors (nothing is embedded again)."""
 
+    @classmethod  # noqa: B027 - most backends have nothing to check
+    def preflight(cls, params: dict[str, Any]) -> None:
+        """Before an ingest loads any model: fail now (RagqaError) if the store cannot be written (a server
+        that does not answer or refuses the key), not after minutes of embedding."""
+
     @classmethod
     @abstractmethod
     def create(cls, folder: Path, dim: int, params: dict[str, Any], index: Path) -> VectorStore:

@@ -86,13 +86,17 @@ def _server_errors(url: str | None, what: str) -> Iterator[None]:
         reason = (exc.content or b"").decode(errors="replace").strip()[:300] or exc.reason_phrase
         raise RagqaError(f"Qdrant server {url}: {what} failed (HTTP {exc.status_code}: {reason})") from None
     except (ApiException, OSError) as exc:
-        raise RagqaError(f"Qdrant server {url}: {what} failed ({type(exc).__name__}: {exc}); is it running and "
-                         "is --store-url / index.store_url right?") from None
+        raise _unreachable(url, what, getattr(exc, "source", exc)) from None
     except Exception as exc:
         if type(exc).__module__.startswith(("httpx", "httpcore", "grpc")):
-            raise RagqaError(f"Qdrant server {url}: {what} failed ({type(exc).__name__}: {exc}); is it running "
-                             "and is --store-url / index.store_url right?") from None
+            raise _unreachable(url, what, exc) from None
         raise
+
+
+def _unreachable(url: str, what: str, exc: BaseException) -> RagqaError:
+    reason = " ".join(str(exc).split())[:200]  # one line, whatever the library put in it
+    return RagqaError(f"Qdrant server {url}: {what} failed ({type(exc).__name__}: {reason}); is the server "
+                      "running, and is --store-url / index.store_url right?")
 
 
 class _Local:
@@ -192,6 +196,17 @@ class Store(VectorStore):
                    shards=i.qdrant_shards, replication_factor=i.qdrant_replication_factor,
                    write_consistency=i.qdrant_write_consistency, on_disk=i.qdrant_on_disk)
         return out
+
+    @classmethod
+    def preflight(cls, params: dict[str, Any]) -> None:
+        if params.get("url") is None:
+            return
+        client = cls._server(params["url"], params["api_key_env"])
+        try:
+            with _server_errors(params["url"], "connecting"):
+                client.get_collections()  # answers only with a valid key where the server wants one
+        finally:
+            client.close()
 
     @property
     def record(self) -> dict[str, Any]:
