@@ -119,6 +119,20 @@ def test_store_interface(kind, index_type, tmp_path):
             backend("qdrant").remove(record)
 
 
+def test_records_of_one_collection_name_the_same_place():
+    """The record a server store writes when created (0 points) and the one its manifest holds name the same
+    collection: the crash cleanup must see them as one, or it would delete an index put back by recovery."""
+    from ragqa.store import same_place
+
+    created = {"backend": "qdrant", "url": "https://q:6333", "collection": "ragqa-x-1", "points": 0, "sha256": "e3"}
+    saved = {**created, "points": 88, "sha256": "7f"}
+    assert same_place(created, saved)
+    assert not same_place(created, {**saved, "collection": "ragqa-x-2"})
+    assert not same_place(created, {**saved, "url": "https://other:6333"})
+    assert not same_place(created, None) and same_place(None, None)
+    assert same_place({"backend": "faiss"}, {"backend": "faiss"})
+
+
 def test_backends_are_the_store_modules():
     assert backends() == ["faiss", "qdrant"]
     with pytest.raises(RagqaError, match="unknown vector store 'nope'"):

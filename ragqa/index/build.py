@@ -41,7 +41,7 @@ from ragqa.index.manifest import (
     recover_index,
     verify_files,
 )
-from ragqa.store import RECORD_FILE, VectorStore, backend, backend_of, load_store
+from ragqa.store import RECORD_FILE, VectorStore, backend, backend_of, load_store, same_place
 from ragqa.terminal import markup_safe, plain, say
 
 
@@ -105,7 +105,7 @@ def _recover(path: Path) -> None:
     recover_index(path)
     current = _store_record(path)
     for record in leftovers:
-        if record != current:
+        if not same_place(record, current):  # a backup put back in place (recover) is the index again
             _remove_store(record)
 
 
@@ -133,7 +133,7 @@ def _ingest_locked(cfg, path: Path, embedder, store_cls: type[VectorStore], para
     configure_llama_index(embedder)
     chunker = Chunker(embedder, cfg.index.chunk_size, cfg.index.chunk_overlap)
 
-    replaced = _store_record(path) if old is not None else None
+    replaced = _store_record(path)  # also when damaged: its server collection is still to be removed
     if old is not None and old["manifest"]["settings"] != settings:
         was, now = old["manifest"]["settings"], settings
         changed = ", ".join(f"{k} {was.get(k)} -> {now[k]}" for k in now if was.get(k) != now[k])
@@ -152,13 +152,13 @@ def _ingest_locked(cfg, path: Path, embedder, store_cls: type[VectorStore], para
                    {"embedded_chunks": len(chunks) - reused, "reused_chunks": reused,
                     "seconds": round(time.perf_counter() - start, 2)}, calibration)
     except BaseException:
-        if store is not None and _store_record(path) != store.record:  # not swapped in: its data is garbage
+        if store is not None and not same_place(_store_record(path), store.record):  # never swapped in: garbage
             store.abort()
         raise
     finally:
         if store is not None:
             store.close()
-    if replaced is not None and replaced != store.record:
+    if replaced is not None and not same_place(replaced, store.record):
         _remove_store(replaced)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     say(f"{markup_safe(path)}: {len(corpus.documents)} documents, {len(chunks)} chunks "

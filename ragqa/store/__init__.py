@@ -126,5 +126,13 @@ def backend_of(manifest: dict[str, Any]) -> str:
     return manifest["index"].get("store", DEFAULT)
 
 
+def same_place(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two store records name the same vectors (backend, server, collection), whatever their counts:
+    a record written when a store was created and the one its manifest holds later name the same place."""
+    if a is None or b is None:
+        return a is b
+    return all(a.get(k) == b.get(k) for k in ("backend", "url", "collection"))
+
+
 def load_store(folder: Path, manifest: dict[str, Any], verify: bool = True) -> VectorStore:
     return backend(backend_of(manifest)).load(folder, manifest, verify)
