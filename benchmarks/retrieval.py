@@ -1,7 +1,11 @@
-"""Retrieval latency, FAISS flat vs HNSW at scale, retrieval quality and an abstention threshold. Prints JSON.
+"""Retrieval latency, FAISS flat vs HNSW at scale, retrieval quality, an abstention threshold, and the vector
+stores side by side. Prints JSON.
 
     .venv/bin/python benchmarks/retrieval.py                       # MedQuAD index (built if missing), 1M vectors
     .venv/bin/python benchmarks/retrieval.py --n 100000 --limit-qa 200 --queries 100   # quicker
+    .venv/bin/python benchmarks/retrieval.py --index indexes/medquad --skip latency faiss quality abstain \
+        --store faiss qdrant                                       # the stores alone (Qdrant local mode)
+    ... --store faiss qdrant --store-url http://localhost:6333     # FAISS vs a Qdrant server
 
 Parts (each can be skipped):
   latency   p50/p95 of Retriever.retrieve (query embedding + search) for dense, bm25, hybrid, with each query
@@ -12,6 +16,10 @@ Parts (each can be skipped):
   abstain   best dense cosine of in-domain questions vs the shipped off-topic ones, on the MedQuAD index and on
             the starter index: the threshold that separates them best, and the rates the threshold calibrated at
             ingest (retrieval.abstain_below auto) gives them.
+  stores    (with --store) the same index in each vector store (the others built from the first one's vectors,
+            nothing embedded again): recall@10 and MRR@10 per mode, top-10 agreement with the first store, and
+            p50/p95 query latency, the stores interleaved query by query. Needs no shared data on the starter
+            corpus: --corpus corpora/starter/passages.jsonl --qa corpora/starter/qa.jsonl.
 """
 
 from __future__ import annotations
@@ -125,6 +133,65 @@ def faiss_bench(n: int, dim: int = 384, queries: int = 200, m: int = 32, ef_cons
     return out
 
 
+def compare_stores(path: Path, stores: list[str], store_url: str | None, embedder, rows: list[dict],
+                   queries: int) -> dict:
+    """The index at `path` copied into each store (vectors reused), then quality, agreement and latency."""
+    import shutil
+
+    from ragqa import index
+    from ragqa.config import load_config
+    from ragqa.evaluate.retrieval import evaluate_retrieval
+    from ragqa.retrieve import Retriever
+
+    base = Retriever.load(path, embedder_model=embedder).manifest
+    retrievers = {}
+    for store in stores:
+        target = path.parent / f"{path.name}-{store}"
+        if not target.exists():
+            shutil.copytree(path, target)
+        extra = [f"index.store_url={store_url}"] if store == "qdrant" and store_url else []
+        # Every setting as the index was built, so that only the store differs: its vectors are reused.
+        settings, fields = base["settings"], base["fields"]
+        cfg = load_config(None, [
+            f"index.name={target}", f"index.corpus={json.dumps([c['spec'] for c in base['corpus']])}",
+            f"model.embedder={settings['embedder']}", f"index.chunk_size={settings['chunk_size']}",
+            f"index.chunk_overlap={settings['chunk_overlap']}", f"index.text_field={fields['text']}",
+            f"index.id_field={fields['id']}", f"index.title_field={fields['title']}",
+            f"index.max_doc_chars={fields['max_doc_chars']}", f"index.store={store}",
+            f"index.index_type={base['index']['type']}", *extra])
+        retrievers[store] = Retriever.load(index.ingest(cfg, embedder=embedder), embedder_model=embedder)
+    questions = [r["question"] for r in rows]
+    modes = ("dense", "hybrid")
+    out: dict = {"chunks": len(next(iter(retrievers.values()))), "questions": len(rows)}
+    first = stores[0]
+    for store, r in retrievers.items():
+        out[store] = {"quality": evaluate_retrieval(r, rows, modes=modes, ks=(1, 5, 10), progress=False)}
+        if store != first:
+            same = [[p.chunk_id for p in r.retrieve(q, k=10, mode="dense")]
+                    == [p.chunk_id for p in retrievers[first].retrieve(q, k=10, mode="dense")] for q in questions]
+            out[store][f"dense_top10_identical_to_{first}"] = round(float(np.mean(same)), 4)
+    for q in questions[:20]:
+        for r in retrievers.values():
+            for mode in modes:
+                r.retrieve(q, k=10, mode=mode)  # warm up
+    times = {store: {mode: [] for mode in modes} for store in stores}
+    for q in questions[:queries]:
+        for store, r in retrievers.items():
+            for mode in modes:
+                start = time.perf_counter()
+                r.retrieve(q, k=10, mode=mode)
+                times[store][mode].append((time.perf_counter() - start) * 1000)
+    for store in stores:
+        out[store]["latency"] = {mode: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
+                                 for mode, t in times[store].items()}
+        out[store]["store"] = retrievers[store].store.describe()
+    for store in stores[1:]:
+        out[store]["recall@10_minus_first"] = {
+            mode: round(out[store]["quality"][mode]["recall@10"] - out[first]["quality"][mode]["recall@10"], 4)
+            for mode in modes}
+    return out
+
+
 def best_cosines(retriever, questions: list[str]) -> list[float]:
     return [max(p.scores["dense"] for p in retriever.retrieve(q, k=1, mode="dense")) for q in questions]
 
@@ -157,6 +224,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="questions timed per mode")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors for flat vs HNSW")
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
+    parser.add_argument("--store", nargs="*", default=[], choices=["faiss", "qdrant"],
+                        help="compare these vector stores on the --index (the first is the reference)")
+    parser.add_argument("--store-url", help="a Qdrant server for --store qdrant (default: Qdrant local mode)")
     parser.add_argument("--abstain-on", nargs="*", default=["medquad", "starter"], choices=["medquad", "starter"],
                         help="indexes of the abstain part (starter alone needs no MedQuAD index)")
     args = parser.parse_args()
@@ -170,7 +240,7 @@ def main() -> None:
     if "faiss" not in args.skip:
         result["faiss"] = faiss_bench(args.n)
     needs_medquad = {"latency", "quality"} - set(args.skip) or ("abstain" not in args.skip
-                                                                  and "medquad" in args.abstain_on)
+                                                                  and "medquad" in args.abstain_on) or args.store
     if needs_medquad or ("abstain" not in args.skip and "starter" in args.abstain_on):
         embedder = load_embedder("minilm", "auto")
         with tempfile.TemporaryDirectory(prefix="ragqa-bench-retrieval-") as tmp:
@@ -186,6 +256,8 @@ def main() -> None:
                 if "quality" not in args.skip:
                     result["quality"] = evaluate_retrieval(retriever, rows)
                     print(format_table(result["quality"]), file=sys.stderr)
+                if args.store:
+                    result["stores"] = compare_stores(path, args.store, args.store_url, embedder, rows, args.queries)
                 if "abstain" not in args.skip and "medquad" in args.abstain_on:
                     result.setdefault("abstain", {})["medquad"] = threshold(
                         best_cosines(retriever, questions[:300]), best_cosines(retriever, off_topic_questions()),

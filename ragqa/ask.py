@@ -23,7 +23,7 @@ def _check_index(cfg: Config) -> None:
     """Fail fast, before the model loads, when retrieval needs an index that is not there."""
     if cfg.retrieval.mode == "none":
         return
-    from ragqa.index import index_dir
+    from ragqa.index.manifest import index_dir
 
     path = index_dir(cfg.index.name)
     if not (path / "manifest.json").is_file():

@@ -318,7 +318,11 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
 @click.option("--embedder", help="Embedding model: registry name, local folder or hub id.")
 @click.option("--chunk-size", type=int, help="Tokens per chunk.")
 @click.option("--chunk-overlap", type=int, help="Tokens shared by neighbouring chunks.")
-@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf"]), help="FAISS index kind.")
+@click.option("--index-type", type=click.Choice(["flat", "hnsw", "ivf"]),
+              help="flat (exact), hnsw, or ivf (FAISS only).")
+@click.option("--store", help="Vector store: faiss (default, files in the index folder) or qdrant (index.store).")
+@click.option("--store-url", help="Qdrant server or cluster URL (default: Qdrant local mode in the index folder); "
+                                  "the API key comes from $QDRANT_API_KEY (index.store_api_key_env).")
 @click.option("--text-field", help="Column holding the passage text (tabular inputs).")
 @click.option("--id-field", help="Column holding the passage id.")
 @click.option("--title-field", help="Column holding the passage title.")
@@ -326,13 +330,14 @@ def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, li
 @click.option("--stats", is_flag=True, help="Print the index manifest and sizes instead of ingesting.")
 @click.option("--overwrite", is_flag=True, help="Replace --index even if it is not a ragqa index folder "
                                                  "(everything in it is deleted).")
-def ingest_cmd(config_path, overrides, corpus, index_name, embedder, chunk_size, chunk_overlap, index_type,
-               text_field, id_field, title_field, device, stats, overwrite) -> None:
-    """Load a corpus, chunk, embed and persist FAISS + BM25 indexes."""
+def ingest_cmd(config_path, overrides, corpus, index_name, embedder, chunk_size, chunk_overlap, index_type, store,
+               store_url, text_field, id_field, title_field, device, stats, overwrite) -> None:
+    """Load a corpus, chunk, embed and persist the vectors (FAISS or Qdrant) + BM25 index."""
     cfg = _build_config(config_path, overrides, {
         "index.corpus": list(corpus) if corpus else None, "index.name": index_name,
         "model.embedder": embedder, "index.chunk_size": chunk_size, "index.chunk_overlap": chunk_overlap,
-        "index.index_type": index_type, "index.text_field": text_field, "index.id_field": id_field,
+        "index.index_type": index_type, "index.store": store, "index.store_url": store_url,
+        "index.text_field": text_field, "index.id_field": id_field,
         "index.title_field": title_field, "model.device": device,
     })
     from ragqa import index

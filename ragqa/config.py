@@ -69,6 +69,38 @@ class IndexConfig(_Section):
     """IVF lists (index_type=ivf); capped at chunks/39 for small corpora."""
     ivf_nprobe: int = Field(16, gt=0)
     """IVF lists visited per search."""
+    store: str = "faiss"
+    """Where the vectors live (ragqa/store/): `faiss` (faiss.index in the index folder, the default) or
+    `qdrant` (qdrant-client: local mode in the index folder with no server, or the server at `store_url`).
+    With qdrant, index_type `flat` is exact search and `hnsw` Qdrant's HNSW (hnsw_m, hnsw_ef_construction,
+    hnsw_ef_search); `ivf` is FAISS only. The manifest records the store: ask, serve and eval need no flag."""
+    store_url: str | None = None
+    """Qdrant server or cluster, e.g. http://localhost:6333 or https://HOST:6333; None = local mode in the
+    index folder (one process at a time; its storage pickles points, so open only indexes you built or trust).
+    Each ingest writes a new collection and removes the replaced one once the new manifest is in."""
+    store_api_key_env: str = "QDRANT_API_KEY"
+    """Name of the environment variable holding the Qdrant API key (unset or empty: no key). The key itself is
+    never written anywhere, and is sent only over https or to this machine."""
+    qdrant_collection: str | None = None
+    """Collection name prefix on the server (default `ragqa-NAME`, NAME the index folder's name); each ingest
+    writes PREFIX-<12 hex>, recorded in the manifest."""
+    qdrant_shards: int = Field(1, gt=0)
+    """Cluster: shards of the collection (spread over the nodes; more shards, more parallel search)."""
+    qdrant_replication_factor: int = Field(1, gt=0)
+    """Cluster: copies of each shard (2 keeps the collection searchable when a node is down)."""
+    qdrant_write_consistency: int = Field(1, gt=0)
+    """Cluster: replicas that must confirm each write (at most qdrant_replication_factor)."""
+    qdrant_on_disk: bool = False
+    """Keep the vectors on the server's disk (memory-mapped) instead of in RAM; HNSW graph and payload too."""
+
+    @field_validator("store")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        from ragqa.store import backends
+
+        if value not in backends():
+            raise ValueError(f"expected one of {', '.join(backends())}")
+        return value
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IndexConfig:

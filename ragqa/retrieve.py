@@ -1,6 +1,6 @@
-"""Retrieval over a persisted index: dense (FAISS), BM25 (bm25s), hybrid (reciprocal rank fusion), and an
-optional cross-encoder rerank (ragqa.rerank; `retrieval.rerank=default` is the one `ragqa rerank train` writes).
-One module used by ask, train and eval.
+"""Retrieval over a persisted index: dense (the index's vector store, ragqa.store), BM25 (bm25s), hybrid
+(reciprocal rank fusion), and an optional cross-encoder rerank (ragqa.rerank; `retrieval.rerank=default` is the
+one `ragqa rerank train` writes). One module used by ask, train and eval.
 
 Hybrid fuses the two ranked lists here instead of through llama-index's QueryFusionRetriever: that one
 measured 0.3-0.5 s per query on this machine (async machinery, Node objects) while both searches together
@@ -15,19 +15,11 @@ from typing import Any
 import numpy as np
 
 from ragqa.errors import RagqaError
-from ragqa.index import (
-    _dimension,
-    BM25_DIR,
-    bm25_tokenize,
-    existing_index,
-    index_dir,
-    load_bm25,
-    read_chunks,
-    read_faiss,
-    read_manifest,
-    verify_files,
-)
+from ragqa.index.bm25 import BM25_DIR, bm25_tokenize, load_bm25
+from ragqa.index.embed import dimension
+from ragqa.index.manifest import existing_index, index_dir, read_chunks, read_manifest, verify_files
 from ragqa.passage import Passage
+from ragqa.store import VectorStore, load_store
 
 MODES = ("dense", "bm25", "hybrid")
 
@@ -43,9 +35,9 @@ def same_embedder(a: str, b: str) -> bool:
 
 
 class Retriever:
-    """A loaded index (vectors, BM25, chunks) plus the embedder that built it."""
+    """A loaded index (vector store, BM25, chunks) plus the embedder that built it."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], faiss_index, bm25,
+    def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], store: VectorStore, bm25,
                  embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20,
                  query_encoder: str = "auto", rerank_backend: str = "auto"):
         self.path = path
@@ -55,7 +47,7 @@ class Retriever:
         self.fusion_candidates = fusion_candidates
         self.rerank_candidates = rerank_candidates
         self._chunks = chunks
-        self._faiss = faiss_index
+        self.store = store
         self._bm25 = bm25
         self._by_doc: dict[str, list[int]] = {}
         for row, chunk in enumerate(chunks):
@@ -89,20 +81,24 @@ class Retriever:
                              f"--embedder {built_with}, or re-ingest with `ragqa ingest --embedder {embedder}`")
         verify_files(where, manifest, checksums=verify)
         chunks = read_chunks(where, manifest)
-        faiss_index = read_faiss(where, manifest)
-        bm25 = load_bm25(where / BM25_DIR)
-        if int(bm25.scores["num_docs"]) != len(chunks):
-            raise RagqaError(f"index {where}: BM25 holds {bm25.scores['num_docs']} documents, the chunk store "
-                             f"{len(chunks)}: re-run `ragqa ingest`")
-        if embedder_model is None:
-            from ragqa.models import load_embedder
+        store = load_store(where, manifest, verify)
+        try:
+            bm25 = load_bm25(where / BM25_DIR)
+            if int(bm25.scores["num_docs"]) != len(chunks):
+                raise RagqaError(f"index {where}: BM25 holds {bm25.scores['num_docs']} documents, the chunk store "
+                                 f"{len(chunks)}: re-run `ragqa ingest`")
+            if embedder_model is None:
+                from ragqa.models import load_embedder
 
-            embedder_model = load_embedder(built_with, device)
-        dim = _dimension(embedder_model)
-        if dim != manifest["embedder"]["dim"]:
-            raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
-                             f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
-        return cls(where, manifest, chunks, faiss_index, bm25, embedder_model, query_encoder=query_encoder,
+                embedder_model = load_embedder(built_with, device)
+            dim = dimension(embedder_model)
+            if dim != manifest["embedder"]["dim"]:
+                raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
+                                 f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
+        except BaseException:
+            store.close()  # a Qdrant local store holds its folder's lock while open
+            raise
+        return cls(where, manifest, chunks, store, bm25, embedder_model, query_encoder=query_encoder,
                    rerank_backend=rerank_backend, **options)
 
     @classmethod
@@ -144,17 +140,7 @@ class Retriever:
         return self.query_encoder.embed(query)
 
     def _dense(self, qvec: np.ndarray, n: int) -> list[tuple[int, float]]:
-        import faiss
-
-        # One query over a flat index: FAISS's OpenMP split over 2 threads cost more than it saved
-        # (28k chunks: 4.9 -> 3.3 ms p50); HNSW searches one query on one thread anyway.
-        threads = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(1)
-        try:
-            scores, ids = self._faiss.search(qvec[None, :], n)
-        finally:
-            faiss.omp_set_num_threads(threads)
-        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+        return self.store.search(qvec, n)
 
     def _bm25_ranked(self, query: str, n: int) -> list[tuple[int, float]]:
         ids = self._bm25.get_tokens_ids(bm25_tokenize([query], return_ids=False)[0])
@@ -169,7 +155,7 @@ class Retriever:
     def _cosines(self, qvec: np.ndarray, rows: list[int]) -> dict[int, float]:
         if not rows:
             return {}
-        vecs = self._faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        vecs = self.store.vectors(rows)
         return dict(zip(rows, (vecs @ qvec).astype(float).tolist(), strict=True))
 
     def retrieve(self, query: str, k: int = 5, mode: str = "hybrid", rerank: str | None = None) -> list[Passage]:

@@ -44,3 +44,10 @@ def plain(text: object, style: str = "", newlines: bool = False):
     from rich.text import Text
 
     return Text(printable(text, newlines), style=style)
+
+
+def say(message: str) -> None:
+    """Print a rich-markup message to stderr; paths, corpus values and errors in it go through markup_safe."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(message)

@@ -58,7 +58,7 @@ def test_ingest_calibrates_the_index_and_real_questions_fare_as_stated(starter_i
     assert cal["declined_off_topic"] == 1.0 and cal["answered_in_domain"] == 1.0
     assert cal["threshold"] <= cal["balanced_threshold"]  # leaned toward answering (title questions are easy)
     retriever = Retriever.load(str(starter_index), embedder="minilm", device="cpu")
-    vectors = retriever._faiss.reconstruct_n(0, retriever._faiss.ntotal)
+    vectors = retriever.store.vectors()
     encode = lambda qs: np.stack([retriever.embed_query(q) for q in qs])  # noqa: E731 - the query path of ask
     questions = [r["question"] for r in load_gold_rows(ROOT / "corpora/starter/qa.jsonl")]
     real = abstain.best_cosines(encode, vectors, questions)

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
 
 from ragqa import index
+from ragqa.index import build as index_build
 from ragqa.config import load_config
 from ragqa.corpus import Document, load_corpus
 from ragqa.errors import RagqaError
@@ -74,8 +76,8 @@ def answers(path, embedder):
 
 
 def test_index_dir_names():
-    assert index.index_dir("default") == index.Path("indexes/default")
-    assert index.index_dir("out/my") == index.Path("out/my")
+    assert index.index_dir("default") == Path("indexes/default")
+    assert index.index_dir("out/my") == Path("out/my")
     with pytest.raises(RagqaError):
         index.index_dir("..")
 
@@ -110,7 +112,7 @@ def test_manifest_contents(tmp_path, embedder, corpus_file):
     assert "SentenceSplitter" in manifest["chunking"]["splitter"]
     assert manifest["counts"]["documents"] == 4 and manifest["counts"]["chunks"] >= 4
     corpus = manifest["corpus"][0]
-    assert corpus["spec"] == corpus_file and corpus["sha256"] == sha256_file(index.Path(corpus_file))
+    assert corpus["spec"] == corpus_file and corpus["sha256"] == sha256_file(Path(corpus_file))
     assert set(manifest["files"]) == {"faiss.index", "chunks.jsonl", "bm25/data.csc.index.npy",
                                       "bm25/indices.csc.index.npy", "bm25/indptr.csc.index.npy",
                                       "bm25/vocab.index.json", "bm25/params.index.json"}
@@ -156,14 +158,14 @@ def test_incremental_noop_add_file_and_rebuild(tmp_path, embedder, corpus_file, 
 def test_failure_mid_write_keeps_the_old_index(tmp_path, embedder, corpus_file, monkeypatch):
     path, _ = build(tmp_path, embedder, corpus_file)
     expected = answers(path, embedder)
-    real_write = index._write
+    real_write = index_build._write
 
     def write_then_fail(tmp, *args, **kwargs):
         real_write(tmp, *args, **kwargs)
         (tmp / "faiss.index").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(index, "_write", write_then_fail)
+    monkeypatch.setattr(index_build, "_write", write_then_fail)
     extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA)
     with pytest.raises(RagqaError, match="ingest into .*idx failed: No space left on device.*index is unchanged"):
         build(tmp_path, embedder, [corpus_file, extra])
@@ -200,7 +202,7 @@ def _rewrite_manifest(path, change):
     change(manifest)
     manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
                          for rel in manifest["files"]}
-    manifest["checksum"] = index._manifest_checksum(manifest)
+    manifest["checksum"] = index.manifest_checksum(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 

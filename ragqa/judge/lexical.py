@@ -28,7 +28,7 @@ _SCOPE_WORDS = 4
 
 
 def _stems(texts: list[str]) -> list[set[str]]:
-    from ragqa.index import bm25_tokenize  # the retriever's own tokenization: one notion of "word" in ragqa
+    from ragqa.index.bm25 import bm25_tokenize  # the retriever's own tokenization: one notion of "word" in ragqa
 
     return [set(tokens) for tokens in bm25_tokenize(texts, return_ids=False)] if texts else []
 

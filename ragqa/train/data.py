@@ -197,7 +197,7 @@ DECLINE_TARGET = "The passages shown do not answer this question; the nearest is
 
 def index_fingerprint(index_name: str) -> str:
     """Identity of the index a context was drawn from: the sha256 of its manifest."""
-    from ragqa.index import MANIFEST, existing_index, index_dir
+    from ragqa.index.manifest import MANIFEST, existing_index, index_dir
 
     path = existing_index(index_dir(index_name))
     if path is None:
