@@ -120,7 +120,7 @@ class Pipeline:
         self.cfg = cfg
         self.adapter = None if adapter in (None, "", "none") else adapter
         if self.adapter:
-            from ragqa.train.adapter import check_adapter_dir, load_adapter
+            from ragqa.adapters import check_adapter_dir, load_adapter
 
             check_adapter_dir(self.adapter, cfg.model.base)  # a refused adapter fails before the model loads
         self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)

@@ -175,7 +175,7 @@ def run(cfg: Config, question: str | None, adapter: str | None, as_json: bool) -
         question = clean_question(question, cfg.ask.max_question_chars)  # refused before the model loads
     _check_index(cfg)
     if adapter not in (None, "", "none"):
-        from ragqa.train.adapter import check_adapter_dir
+        from ragqa.adapters import check_adapter_dir
 
         check_adapter_dir(adapter, cfg.model.base)  # a refused adapter fails before the model loads
     with err.status("loading model and index ...", spinner="dots"):

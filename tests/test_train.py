@@ -247,7 +247,7 @@ def test_adapter_reload_gives_identical_logits(tiny_run, tokenizer):
     from peft import PeftModel
 
     from ragqa.models import load_generator
-    from ragqa.train.adapter import load_adapter
+    from ragqa.adapters import load_adapter
 
     trainer, _, out = tiny_run
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
@@ -275,7 +275,7 @@ def test_merged_export_matches_adapter_logits(tiny_run, tokenizer, tmp_path):
 
 
 def test_adapter_refusals(tiny_run, tmp_path):
-    from ragqa.train.adapter import check_adapter_dir
+    from ragqa.adapters import check_adapter_dir
 
     _, _, out = tiny_run
     with pytest.raises(RagqaError, match="not found"):
@@ -467,7 +467,7 @@ def test_ctrl_c_and_sigkill_leave_a_resumable_checkpoint(tmp_path):
 
 
 def test_method_none_scores_the_base_and_is_not_an_adapter(tmp_path):
-    from ragqa.train.adapter import check_adapter_dir
+    from ragqa.adapters import check_adapter_dir
     from ragqa.train.trainer import train
 
     result = train(tiny_cfg(tmp_path / "base", "train.method=none"), show_progress=False)
@@ -524,7 +524,7 @@ def test_launcher_accelerate_builds_the_launch_command(capsys):
 @pytest.mark.slow
 def test_launcher_accelerate_single_process_writes_a_loadable_adapter(tmp_path):
     from ragqa.models import load_generator
-    from ragqa.train.adapter import load_adapter
+    from ragqa.adapters import load_adapter
 
     out = tmp_path / "adapter"
     res = run_cli("train", "--launcher", "accelerate", "--num-processes", "1", "--output", str(out),

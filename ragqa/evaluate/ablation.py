@@ -80,7 +80,7 @@ def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
     """The {'train': ids, 'val': ids} split saved in the adapter's ragqa_card.json (None without one)."""
     if not adapter:
         return None
-    from ragqa.train.adapter import read_card
+    from ragqa.adapters import read_card
 
     card = read_card(adapter)
     split = (card or {}).get("split")
@@ -94,7 +94,7 @@ def trained_questions(adapter: str | None) -> str | None:
     the natural default question set (the starter Q&A otherwise)."""
     if not adapter:
         return None
-    from ragqa.train.adapter import read_card
+    from ragqa.adapters import read_card
 
     data = (((read_card(adapter) or {}).get("config") or {}).get("train") or {}).get("data")
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str) and Path(data[0]).is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, check_output_dir
-from ragqa.train.adapter import check_adapter_dir, load_adapter, read_card
+from ragqa.adapters import check_adapter_dir, load_adapter, read_card
 
 CARD = "ragqa_merged.json"
 """Written into every export: marks the folder as one ragqa may replace (and says what was merged)."""

@@ -27,7 +27,7 @@ from typing import Any
 
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, check_output_dir
-from ragqa.train.adapter import CARD
+from ragqa.adapters import CARD
 from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
 from ragqa.terminal import printable
 

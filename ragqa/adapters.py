@@ -1,4 +1,8 @@
-"""Loading a trained adapter safely: right base model, safetensors only, clear refusals."""
+"""PEFT adapters for inference and export: checks, safe loading (right base model, safetensors only), cards.
+
+Shared by ask, serve, eval and export (and training, which writes the card): it lives outside `ragqa.train`
+so that inference and evaluation never import the training package.
+"""
 
 from __future__ import annotations
 
