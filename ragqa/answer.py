@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
 from pathlib import Path
 
 from ragqa.adapters import AdapterSpec

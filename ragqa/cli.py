@@ -145,7 +145,7 @@ def _command_line_args(ctx: click.Context, skip: set[str]) -> list[str]:
 
 
 @cli.command("export")
-@click.argument("adapters", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER...", type=click.Path(file_okay=False))
 @click.option("--merge", is_flag=True, required=True, help="Fold the LoRA weights into the base (required).")
 @click.option("--output", required=True, type=click.Path(), help="Directory for the merged safetensors model.")
 @click.option("--adapter-weights", metavar="W1,W2,...",
