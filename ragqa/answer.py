@@ -12,7 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ragqa.adapters import AdapterSpec
 from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.passage import Passage
@@ -109,7 +111,8 @@ def _StopWhenSet(events: list[threading.Event]):  # noqa: N802 - a class factory
 class Pipeline:
     """Generator (+ optional LoRA adapter) and retriever, loaded once, answering many questions."""
 
-    def __init__(self, cfg: Config, adapter: str | None = None):
+    def __init__(self, cfg: Config, adapter: str | AdapterSpec | None = None):
+        """adapter: a directory, or an AdapterSpec of several combined (ragqa.adapters.adapter_spec)."""
         start = time.perf_counter()
         import torch
 
@@ -118,20 +121,64 @@ class Pipeline:
         if cfg.ask.threads:
             torch.set_num_threads(cfg.ask.threads)
         self.cfg = cfg
-        self.adapter = None if adapter in (None, "", "none") else adapter
-        if self.adapter:
-            from ragqa.train.adapter import check_adapter_dir, load_adapter
+        spec = AdapterSpec.of(adapter)
+        if spec:
+            from ragqa.adapters import check_adapters, load_adapters
 
-            check_adapter_dir(self.adapter, cfg.model.base)  # a refused adapter fails before the model loads
+            check_adapters(spec, cfg.model.base)  # a refused adapter fails before the model loads
         self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)
-        if self.adapter:
-            self.model = load_adapter(self.model, self.adapter, cfg.model.base)
+        self.adapters: dict[str, str] = {}
+        """Loaded adapters: label (directory, or the combination's label) -> peft adapter name."""
+        if spec:
+            self.model, self.adapters = load_adapters(self.model, spec, cfg.model.base)
+        self.adapter = spec.label if spec else None
+        """The label of the active adapter; None answers with the base model."""
         if cfg.ask.quantize == "int8":
             self.model = quantize_int8(self.model)
         self._retriever = None
         self._checker = None
         self._unreported_load_s = time.perf_counter() - start
         """Load time not yet attributed to an answer's timings (reported once, by the next answer)."""
+
+    def switch_adapter(self, name: str) -> str | None:
+        """`:adapter NAME|off` in `ragqa ask`: answer with another loaded adapter (its directory, the directory's
+        folder name, or `combined`), load a new adapter directory onto the same base, or `off` (the base model);
+        the base model is never reloaded. Returns the active adapter's label (None: off)."""
+        from ragqa.adapters import COMBINED, load_adapter
+
+        name = name.strip()
+        if name in ("off", "none"):
+            if self.adapters:
+                self.model.base_model.disable_adapter_layers()  # until the next switch (peft's in-place switch)
+            self.adapter = None
+            return None
+        label = self._find_adapter(name, COMBINED)
+        if label is None:
+            if not Path(name).is_dir():
+                loaded = ", ".join([*self.adapters, "off"])
+                raise RagqaError(f":adapter {name}: no such adapter directory, and not a loaded adapter ({loaded})")
+            if self.cfg.ask.quantize == "int8":
+                raise RagqaError(f":adapter {name}: ask.quantize=int8 quantized the base model when it loaded; "
+                                 "give the adapter at start (--adapter) to use it with int8")
+            label, peft_name = name, f"adapter{len(self.adapters)}"  # unlike every name loaded before
+            self.model = load_adapter(self.model, name, self.cfg.model.base, peft_name)
+            self.adapters[label] = peft_name
+        self.model.set_adapter(self.adapters[label], inference_mode=True)
+        self.model.base_model.enable_adapter_layers()
+        self.adapter = label
+        return label
+
+    def _find_adapter(self, name: str, combined: str) -> str | None:
+        """The label of the loaded adapter `name` means: a label, the same directory, its folder name, `combined`."""
+        if name in self.adapters:
+            return name
+        by_name = [label for label, peft_name in self.adapters.items()
+                   if (peft_name == combined and name == combined)
+                   or (peft_name != combined and (Path(label).name == name
+                                                  or Path(label).resolve() == Path(name).resolve()))]
+        if len(by_name) > 1:
+            raise RagqaError(f":adapter {name}: more than one loaded adapter is called that; give its directory")
+        return by_name[0] if by_name else None
 
     @property
     def retriever(self):

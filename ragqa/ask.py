@@ -8,12 +8,14 @@ import sys
 from rich.console import Console
 from rich.text import Text
 
+from ragqa.adapters import AdapterSpec
 from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.terminal import markup_safe, plain
 
-HELP = ":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :sources  last answer's passages | :quit"
+HELP = (":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :adapter NAME|off  answer with another "
+        "adapter, or the base | :sources  last answer's passages | :quit")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -141,6 +143,14 @@ def _session(pipe, cfg: Config, as_json: bool) -> None:
                 mode = arg.strip()
             elif cmd == "sources" and last is not None:
                 print_sources(last, only_cited=False)
+            elif cmd == "adapter" and arg.strip():
+                try:
+                    active = pipe.switch_adapter(arg)
+                except RagqaError as exc:  # a mistyped name must not end the session either
+                    err.print(plain(f"error: {exc}"), soft_wrap=True)
+                    continue
+                err.print(plain(f"answering with adapter {active}" if active else "answering with the base model "
+                                "(adapter off)"), soft_wrap=True)
             else:
                 err.print(HELP)
             continue
@@ -169,17 +179,18 @@ def _enable_history() -> None:
         pass
 
 
-def run(cfg: Config, question: str | None, adapter: str | None, as_json: bool) -> None:
+def run(cfg: Config, question: str | None, adapter: str | AdapterSpec | None, as_json: bool) -> None:
     """Entry point of `ragqa ask`."""
     if question is not None:
         question = clean_question(question, cfg.ask.max_question_chars)  # refused before the model loads
     _check_index(cfg)
-    if adapter not in (None, "", "none"):
-        from ragqa.train.adapter import check_adapter_dir
+    spec = AdapterSpec.of(adapter)
+    if spec:
+        from ragqa.adapters import check_adapters
 
-        check_adapter_dir(adapter, cfg.model.base)  # a refused adapter fails before the model loads
+        check_adapters(spec, cfg.model.base)  # a refused adapter fails before the model loads
     with err.status("loading model and index ...", spinner="dots"):
-        pipe = Pipeline(cfg, adapter=adapter)
+        pipe = Pipeline(cfg, adapter=spec)
     if question is not None:
         answer_one(pipe, question, cfg.retrieval.mode, cfg.retrieval.k, as_json)
     else:

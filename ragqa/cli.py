@@ -145,25 +145,46 @@ def _command_line_args(ctx: click.Context, skip: set[str]) -> list[str]:
 
 
 @cli.command("export")
-@click.argument("adapter", type=click.Path(file_okay=False))
+@click.argument("adapters", nargs=-1, required=True, metavar="ADAPTER...", type=click.Path(file_okay=False))
 @click.option("--merge", is_flag=True, required=True, help="Fold the LoRA weights into the base (required).")
 @click.option("--output", required=True, type=click.Path(), help="Directory for the merged safetensors model.")
-@click.option("--base", help="Base model (default: the one in the adapter's ragqa_card.json).")
+@click.option("--adapter-weights", metavar="W1,W2,...",
+              help="One weight per ADAPTER, e.g. 0.7,0.3 (default: equal weights, 1/n each).")
+@click.option("--base", help="Base model (default: the one in the first adapter's ragqa_card.json).")
 @click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa export folder "
                                                  "(everything in it is deleted).")
-def export_cmd(adapter, merge, output, base, overwrite) -> None:
-    """Export an adapter merged into its base model as a standalone safetensors folder."""
+def export_cmd(adapters, merge, output, adapter_weights, base, overwrite) -> None:
+    """Export an adapter merged into its base model as a standalone safetensors folder.
+
+    Several ADAPTERs (of one base) are combined first, as `ask --adapter A --adapter B` does."""
+    from ragqa.adapters import adapter_spec
+
+    spec = adapter_spec(adapters, adapter_weights, adapter_flag="ADAPTER")
+    if spec is None:
+        raise RagqaError("ADAPTER none: give the adapter directory to merge")
     from ragqa.train.export import export_merged
 
-    path = export_merged(adapter, output, base=base, overwrite=overwrite)
+    path = export_merged(spec, output, base=base, overwrite=overwrite)
     click.echo(printable(f"merged model written to {path}"))
+
+
+ADAPTERS_HELP = ("LoRA adapter directory, or 'none'. Repeat it to combine adapters (peft add_weighted_adapter, "
+                 "`cat`: the weighted sum of their updates).")
+WEIGHTS_HELP = "One weight per --adapter, e.g. 0.7,0.3 (default: equal weights, 1/n each)."
+
+
+def _adapter_spec(adapters: tuple[str, ...], weights: str | None):
+    from ragqa.adapters import adapter_spec
+
+    return adapter_spec(adapters, weights)
 
 
 @cli.command("ask")
 @click.argument("question", required=False)
 @_config_options
 @click.option("--index", "index_name", help="Index name (indexes/NAME) or directory.")
-@click.option("--adapter", help="LoRA adapter directory, or 'none'.")
+@click.option("--adapter", "adapters", multiple=True, help=ADAPTERS_HELP)
+@click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--base-model", help="Generator: registry name, local folder or hub id.")
 @click.option("--k", type=int, help="Passages to retrieve.")
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid", "none"]),
@@ -172,14 +193,16 @@ def export_cmd(adapter, merge, output, base, overwrite) -> None:
 @click.option("--temperature", type=float, help="0 (default) decodes greedily.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer (no streaming).")
 @click.option("--no-disclaimer", is_flag=True, help="Leave out the medical disclaimer line.")
-def ask_cmd(question, config_path, overrides, index_name, adapter, base_model, k, retrieval, max_new_tokens,
-            temperature, as_json, no_disclaimer) -> None:
+def ask_cmd(question, config_path, overrides, index_name, adapters, adapter_weights, base_model, k, retrieval,
+            max_new_tokens, temperature, as_json, no_disclaimer) -> None:
     """Answer QUESTION with citations; without QUESTION, open an interactive session.
 
     \b
-    Interactive commands: :k N, :mode dense|bm25|hybrid|none, :sources, :help, :quit
+    Interactive commands: :k N, :mode dense|bm25|hybrid|none, :adapter NAME|off, :sources, :help, :quit
+    (:adapter switches between the adapters loaded, or loads another directory, without reloading the base)
     Questions can also be piped in, one per line (with --json: one JSON object per line out).
     """
+    adapter = _adapter_spec(adapters, adapter_weights)
     cfg = _build_config(config_path, overrides, {
         "index.name": index_name, "model.base": base_model, "retrieval.k": k, "retrieval.mode": retrieval,
         "ask.max_new_tokens": max_new_tokens, "ask.temperature": temperature,
@@ -260,7 +283,9 @@ def _check_port(host: str, port: int) -> None:
               help="Q&A file (JSONL id/question/answer[/gold_passage_ids]); default: the starter Q&A held-out "
                    "split of --adapter (all starter Q&A without one).")
 @click.option("--index", "index_name", help="Index name (indexes/NAME) or directory.")
-@click.option("--adapter", help="LoRA adapter directory (needed by the lora configurations).")
+@click.option("--adapter", "adapters", multiple=True,
+              help="LoRA adapter directory (needed by the lora configurations); repeat it to combine adapters.")
+@click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--configs", default="base,lora,rag,rag+lora", show_default=True,
               help="Comma-separated rows: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid (+lora).")
 @click.option("--limit", type=int, help="Evaluate only the first N questions.")
@@ -286,11 +311,11 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--k", type=int, help="Passages to retrieve.")
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def eval_cmd(config_path, overrides, questions, index_name, adapter, configs, limit, sample, output, seed, judge,
-             judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, overwrite, n_resamples,
-             retrieval_only, k,
-             retrieval, quiet) -> None:
+def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_weights, configs, limit, sample, output,
+             seed, judge, judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, overwrite, n_resamples,
+             retrieval_only, k, retrieval, quiet) -> None:
     """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
+    adapter = _adapter_spec(adapters, adapter_weights)
     cfg = _build_config(config_path, overrides, {
         "index.name": index_name, "retrieval.k": k, "retrieval.mode": retrieval, "eval.bootstrap": n_resamples,
     })

@@ -191,6 +191,10 @@ class TrainConfig(_Section):
     batch_size: int = Field(4, gt=0)
     grad_accum: int = Field(1, gt=0)
     max_seq_len: int = Field(512, gt=16)
+    optim: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"] = "adamw"
+    """The optimizer: `adamw` (torch), or bitsandbytes' AdamW with 8-bit state (`adamw_8bit`, ~1/4 of the state
+    memory; tensors under 4096 elements keep 32-bit state) or paged state (`paged_adamw_8bit`, `paged_adamw_32bit`:
+    the state moves to CPU memory when the GPU runs short, QLoRA's third part; CUDA only)."""
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     eval_every: int = Field(25, gt=0)

@@ -36,8 +36,8 @@ def test_parse_configs():
             parse_configs(bad, "hybrid")
 
 
-def _adapter(tmp_path: Path, train: list[str], val: list[str]) -> str:
-    folder = tmp_path / "adapter"
+def _adapter(tmp_path: Path, train: list[str], val: list[str], name: str = "adapter") -> str:
+    folder = tmp_path / name
     folder.mkdir()
     (folder / "ragqa_card.json").write_text(json.dumps({"split": {"train": train, "val": val}}))
     return str(folder)
@@ -55,6 +55,22 @@ def test_training_questions_are_refused_or_dropped(tmp_path):
     assert [r["id"] for r in held_out] == ids[100:105]
     everything, _ = select_questions(rows, None, default_set=True, exclude_trained=False, limit=None)
     assert len(everything) == len(rows) == 123
+
+
+def test_a_combinations_guard_covers_every_adapter_and_its_default_is_held_out_by_all(tmp_path):
+    from ragqa.adapters import adapter_spec
+
+    rows = load_questions(QA)
+    ids = [r["id"] for r in rows]
+    first = _adapter(tmp_path, train=ids[:60], val=ids[60:], name="first")
+    second = _adapter(tmp_path, train=ids[60:100], val=ids[:60] + ids[100:], name="second")
+    both = adapter_spec([first, second], "0.7,0.3")
+    with pytest.raises(RagqaError, match=f"{ids[60]}\\) are in the training split of adapter {second}"):
+        select_questions(rows[60:], both, default_set=False, exclude_trained=False, limit=None)
+    kept, notes = select_questions(rows, both, default_set=False, exclude_trained=True, limit=None)
+    assert [r["id"] for r in kept] == ids[100:] and notes["excluded_trained"] == 100
+    held_out, _ = select_questions(rows, both, default_set=True, exclude_trained=False, limit=None)
+    assert [r["id"] for r in held_out] == ids[100:]
 
 
 def test_sample_is_seeded_in_file_order_and_spread_over_the_file():

@@ -199,7 +199,7 @@ def _still_loads(name: str, out: Path, embedder) -> None:
 
         assert Retriever.load(out, embedder_model=embedder).manifest["counts"]["documents"] == 4
     elif name == "train":
-        from ragqa.train.adapter import check_adapter_dir
+        from ragqa.adapters import check_adapter_dir
 
         assert check_adapter_dir(out, "smollm2-135m")["r"] == 4
     elif name == "judge train":

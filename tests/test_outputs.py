@@ -125,7 +125,7 @@ def test_adapter_loaders_restore_an_adapter_left_by_a_kill(loader, tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
-    from ragqa.train.adapter import check_adapter_dir
+    from ragqa.adapters import check_adapter_dir
     from ragqa.train.export import adapter_base
 
     adapter = tmp_path / "adapter"

@@ -232,6 +232,7 @@ def test_tiny_run_writes_a_complete_adapter(tiny_run):
             "metrics.jsonl", "loss_curve.png", "tensorboard"} <= names
     card = json.loads((out / "ragqa_card.json").read_text())
     assert card["base_model"] == "smollm2-135m" and card["method"] == "lora"
+    assert card["optimizer"] == "adamw" and "| optimizer | adamw |" in (out / "README.md").read_text()
     assert len(card["split"]["val"]) == 18 and not set(card["split"]["train"]) & set(card["split"]["val"])
     assert card["metrics"]["val_loss"] is not None and card["peak_rss_mb"] > 0 and card["wall_time_s"] > 0
     assert 0 < card["model_memory_mb"] < card["peak_rss_mb"]
@@ -247,7 +248,7 @@ def test_adapter_reload_gives_identical_logits(tiny_run, tokenizer):
     from peft import PeftModel
 
     from ragqa.models import load_generator
-    from ragqa.train.adapter import load_adapter
+    from ragqa.adapters import load_adapter
 
     trainer, _, out = tiny_run
     trained = trainer.accelerator.unwrap_model(trainer.model).eval()
@@ -275,7 +276,7 @@ def test_merged_export_matches_adapter_logits(tiny_run, tokenizer, tmp_path):
 
 
 def test_adapter_refusals(tiny_run, tmp_path):
-    from ragqa.train.adapter import check_adapter_dir
+    from ragqa.adapters import check_adapter_dir
 
     _, _, out = tiny_run
     with pytest.raises(RagqaError, match="not found"):
@@ -301,6 +302,59 @@ def test_adapter_refusals(tiny_run, tmp_path):
     with pytest.raises(RagqaError, match="trained on base model 'Qwen/Qwen2.5-0.5B-Instruct', not 'smollm2-135m'"):
         check_adapter_dir(other, "smollm2-135m")
     assert check_adapter_dir(out, "smollm2-135m")["r"] == 4
+
+
+@pytest.mark.parametrize("optim", ["adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"])
+def test_bitsandbytes_optimizer_steps_change_lora_weights_like_adamw(optim, tokenizer):
+    """The same three steps from the same LoRA weights: bitsandbytes' update is AdamW's up to its 8-bit state."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from ragqa.models import load_generator
+    from ragqa.train.trainer import make_optimizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if optim.startswith("paged_") and device != "cuda":
+        pytest.skip("paged optimizers page their state through CUDA memory: GPU only (refused on CPU, see "
+                    "test_paged_optimizer_on_cpu_is_refused_before_loading)")
+    model, _ = load_generator("smollm2-135m", device=device, dtype="float32")
+    torch.manual_seed(0)
+    # Random B as well as A: both get gradients from the first step. r=16: A (16 x 576) and q_proj's B (576 x 16)
+    # reach bitsandbytes' 4096-element minimum for 8-bit state; v_proj's B (192 x 16) keeps 32-bit state.
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, init_lora_weights=False,
+                                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in params.items()}
+    ids = tokenizer("Scabies is treated with permethrin cream applied from the neck down.",
+                    return_tensors="pt")["input_ids"].to(device)
+    updates = {}
+    for name in ("adamw", optim):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        optimizer = make_optimizer(name, list(params.values()), lr=1e-3, weight_decay=0.01)
+        for _ in range(3):
+            model(input_ids=ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        updates[name] = torch.cat([(p.detach() - start[n]).flatten() for n, p in params.items()]).cpu()
+        if name != "adamw":
+            kinds = {v.dtype for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v)}
+            assert (torch.uint8 in kinds) == optim.endswith("_8bit"), kinds  # 8-bit state where promised
+    ours, reference = updates[optim], updates["adamw"]
+    assert reference.norm() > 0.1  # three steps of lr 1e-3 on 0.5M weights: a real update to compare
+    assert torch.nn.functional.cosine_similarity(ours, reference, dim=0) > 0.99
+    assert (ours - reference).norm() / reference.norm() < 0.15
+
+
+def test_paged_optimizer_on_cpu_is_refused_before_loading(tmp_path):
+    out = tmp_path / "adapter"
+    res = run_cli("train", "--set", "train.optim=paged_adamw_8bit", "--set", "model.device=cpu", "--output", str(out))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and lines == [
+        "error: train.optim=paged_adamw_8bit: paged optimizers need a CUDA GPU (device is cpu); use "
+        "train.optim=adamw_8bit on cpu"], res.stderr[-3000:]
+    assert not out.exists()
 
 
 def test_unknown_target_module_and_missing_checkpoint(tmp_path):
@@ -467,7 +521,7 @@ def test_ctrl_c_and_sigkill_leave_a_resumable_checkpoint(tmp_path):
 
 
 def test_method_none_scores_the_base_and_is_not_an_adapter(tmp_path):
-    from ragqa.train.adapter import check_adapter_dir
+    from ragqa.adapters import check_adapter_dir
     from ragqa.train.trainer import train
 
     result = train(tiny_cfg(tmp_path / "base", "train.method=none"), show_progress=False)
@@ -524,7 +578,7 @@ def test_launcher_accelerate_builds_the_launch_command(capsys):
 @pytest.mark.slow
 def test_launcher_accelerate_single_process_writes_a_loadable_adapter(tmp_path):
     from ragqa.models import load_generator
-    from ragqa.train.adapter import load_adapter
+    from ragqa.adapters import load_adapter
 
     out = tmp_path / "adapter"
     res = run_cli("train", "--launcher", "accelerate", "--num-processes", "1", "--output", str(out),

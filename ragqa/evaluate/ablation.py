@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ragqa.adapters import ADAPTER_WEIGHTS, AdapterSpec, read_card
 from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
@@ -80,8 +81,6 @@ def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
     """The {'train': ids, 'val': ids} split saved in the adapter's ragqa_card.json (None without one)."""
     if not adapter:
         return None
-    from ragqa.train.adapter import read_card
-
     card = read_card(adapter)
     split = (card or {}).get("split")
     if not isinstance(split, dict):
@@ -89,38 +88,47 @@ def adapter_split(adapter: str | None) -> dict[str, list[str]] | None:
     return {key: [str(i) for i in split.get(key) or []] for key in ("train", "val")}
 
 
-def trained_questions(adapter: str | None) -> str | None:
-    """The Q&A file an adapter was trained on, when it was one file that is still there: its held-out split is
-    the natural default question set (the starter Q&A otherwise)."""
-    if not adapter:
-        return None
-    from ragqa.train.adapter import read_card
-
+def _trained_file(adapter: str) -> str | None:
     data = (((read_card(adapter) or {}).get("config") or {}).get("train") or {}).get("data")
     if isinstance(data, list) and len(data) == 1 and isinstance(data[0], str) and Path(data[0]).is_file():
         return data[0]
     return None
 
 
-def select_questions(rows: list[dict], adapter: str | None, *, default_set: bool, exclude_trained: bool,
-                     limit: int | None, sample: int | None = None, seed: int = 0) -> tuple[list[dict], dict[str, Any]]:
+def trained_questions(adapter: str | AdapterSpec | None) -> str | None:
+    """The Q&A file an adapter was trained on (all of a combination's adapters), when it was one file that is still
+    there: its held-out split is the natural default question set (the starter Q&A otherwise)."""
+    spec = AdapterSpec.of(adapter)
+    files = {_trained_file(p) for p in spec.paths} if spec else {None}
+    return files.pop() if len(files) == 1 else None
+
+
+def select_questions(rows: list[dict], adapter: str | AdapterSpec | None, *, default_set: bool,
+                     exclude_trained: bool, limit: int | None, sample: int | None = None,
+                     seed: int = 0) -> tuple[list[dict], dict[str, Any]]:
     """Apply the training-split guard, the held-out default, --sample (N at random, seeded, in file order)
-    and --limit; returns (rows, notes)."""
-    split = adapter_split(adapter)
+    and --limit; returns (rows, notes). A combination of adapters guards against every adapter's training
+    questions, and its default set is the questions all of them held out."""
+    spec = AdapterSpec.of(adapter)
+    splits = {p: adapter_split(p) for p in (spec.paths if spec else ())}
     notes: dict[str, Any] = {"excluded_trained": 0}
-    if adapter and split is None:
-        notes["warning"] = (f"adapter {adapter} has no split in ragqa_card.json: cannot check that questions "
+    unknown = [p for p, split in splits.items() if split is None]
+    if unknown:
+        notes["warning"] = (f"adapter {unknown[0]} has no split in ragqa_card.json: cannot check that questions "
                             "were not trained on")
-    if split is not None:
-        trained = set(split["train"])
+    known = {p: split for p, split in splits.items() if split is not None}
+    if known:
+        trained_by = {p: set(split["train"]) for p, split in known.items()}
+        trained = set().union(*trained_by.values())
         if default_set:
-            held_out = set(split["val"])
+            held_out = set.intersection(*(set(split["val"]) for split in known.values()))
             rows = [r for r in rows if r["id"] in held_out]
         overlap = [r["id"] for r in rows if r["id"] in trained]
         if overlap and not exclude_trained:
+            which = next(p for p, ids in trained_by.items() if overlap[0] in ids)
             raise RagqaError(
                 f"{len(overlap)} of the questions (e.g. {overlap[0]}) are in the training split of adapter "
-                f"{adapter}: scoring them would overstate the adapter; use held-out questions, or "
+                f"{which}: scoring them would overstate the adapter; use held-out questions, or "
                 "--exclude-trained to drop them"
             )
         notes["excluded_trained"] = len(overlap)
@@ -193,14 +201,24 @@ class ResultsLog:
         self.records.append(record)
 
 
-def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge: str | None) -> dict[str, Any]:
+def _adapter_sha256(adapter: str | None) -> str | None:
+    weights = Path(adapter) / ADAPTER_WEIGHTS if adapter else None
+    return sha256_file(weights) if weights and weights.is_file() else None
+
+
+def run_fingerprint(cfg: Config, questions_path: str, adapter: str | AdapterSpec | None,
+                    judge: str | None) -> dict[str, Any]:
     """What must not change between a run and its resume (results would otherwise mix two setups)."""
+    spec = AdapterSpec.of(adapter)
+    single = spec.paths[0] if spec and not spec.combined else None
+    combination = {"adapter": list(spec.paths), "adapter_sha256": [_adapter_sha256(p) for p in spec.paths],
+                   "adapter_weights": list(spec.weights)} if spec and spec.combined else {}
     return {
         "questions": str(questions_path),
         "questions_sha256": sha256_file(questions_path),
-        "adapter": adapter,
-        "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors")
-        if adapter and (Path(adapter) / "adapter_model.safetensors").is_file() else None,
+        "adapter": single,
+        "adapter_sha256": _adapter_sha256(single),
+        **combination,
         "model": cfg.model.base,
         "embedder": cfg.model.embedder,
         "index": cfg.index.name,
@@ -301,7 +319,7 @@ def load_relevance_model(cfg: Config):
 
 
 def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
-               adapter: str | None, scorer, pipeline_factory=None, progress: bool = True) -> int:
+               adapter: str | AdapterSpec | None, scorer, pipeline_factory=None, progress: bool = True) -> int:
     """Answer and score every pending (question, configuration); returns how many were run."""
     done = log.done
     pending = {c.name: [r for r in rows if (r["id"], c.name) not in done] for c in configs}
@@ -357,7 +375,7 @@ def _record_base(row: dict, config: EvalConfig) -> dict[str, Any]:
             "adapter": config.use_adapter}
 
 
-def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None = None,
+def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | AdapterSpec | None = None,
              configs: str = DEFAULT_CONFIGS, limit: int | None = None, sample: int | None = None,
              output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
              judge_base_url: str | None = None, judge_api_key_env: str | None = None, nli_judge: str | None = None,
@@ -368,11 +386,12 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite)."""
     from ragqa.evaluate import report
 
-    adapter = None if adapter in (None, "", "none") else adapter
-    if adapter and not Path(adapter).exists():
-        recover(adapter)  # a `ragqa train` killed while replacing it left the adapter under its backup name
-    if adapter and not Path(adapter).is_dir():
-        raise RagqaError(f"--adapter {adapter}: not found (train one with `ragqa train --output {adapter}`)")
+    adapter = AdapterSpec.of(adapter)
+    for path in adapter.paths if adapter else ():
+        if not Path(path).exists():
+            recover(path)  # a `ragqa train` killed while replacing it left the adapter under its backup name
+        if not Path(path).is_dir():
+            raise RagqaError(f"--adapter {path}: not found (train one with `ragqa train --output {path}`)")
     for flag, value in (("--limit", limit), ("--sample", sample)):
         if value is not None and value <= 0:
             raise RagqaError(f"{flag} must be positive (got {value})")
@@ -417,11 +436,11 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | None =
     elapsed = time.perf_counter() - start
     names = [c.name for c in plan]
     records = report.group_records(log.records, {r["id"] for r in rows}, names)
-    meta = {"question file": str(questions_path) + (" (held-out split of the adapter)" if questions is None and adapter
-                                                else ""),
+    held_out = " (held-out split of the adapter" + ("s)" if adapter and adapter.combined else ")")
+    meta = {"question file": str(questions_path) + (held_out if questions is None and adapter else ""),
             "questions asked": f"{len(rows)}" + (f" (random sample, seed {seed})" if sample else "")
             + (f" (first {limit})" if limit else ""),
-            "adapter": adapter or "none", "model": cfg.model.base, "index": cfg.index.name,
+            "adapter": adapter.label if adapter else "none", "model": cfg.model.base, "index": cfg.index.name,
             "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
             "nli_judge": nli_note, "ref_scorer": ref_note, "answer_relevance": relevance_note,
             "answer check (ask.verify)": cfg.ask.verify, "excluded_trained": notes["excluded_trained"]}

@@ -27,7 +27,7 @@ from typing import Any
 
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, check_output_dir
-from ragqa.train.adapter import CARD
+from ragqa.adapters import CARD
 from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
 from ragqa.terminal import printable
 
@@ -71,6 +71,33 @@ def _check_checkpoint_root(root: Path, overwrite: bool) -> None:
                          "--output, or pass --overwrite to replace it and everything in it")
 
 
+BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
+                  "paged_adamw_32bit": "PagedAdamW32bit"}
+"""train.optim -> its bitsandbytes class (same defaults as torch's AdamW: betas 0.9/0.999, eps 1e-8)."""
+
+
+def check_optimizer(name: str, device: str) -> None:
+    """Refuse a paged optimizer off CUDA: bitsandbytes pages optimizer state through CUDA unified memory, and on
+    other devices it silently falls back to the unpaged optimizer (a warning only), so the recipe would not be
+    what it says."""
+    if name.startswith("paged_") and not device.startswith("cuda"):
+        unpaged = name.removeprefix("paged_").replace("adamw_32bit", "adamw")
+        raise RagqaError(f"train.optim={name}: paged optimizers need a CUDA GPU (device is {device}); "
+                         f"use train.optim={unpaged} on {device}")
+
+
+def make_optimizer(name: str, params, *, lr: float, weight_decay: float):
+    """The optimizer `train.optim` names, over `params`."""
+    if name == "adamw":
+        import torch
+
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    import bitsandbytes as bnb
+
+    # weight_decay is passed explicitly: bitsandbytes' AdamW defaults to 1e-2, torch's to 0 through ragqa's config.
+    return getattr(bnb.optim, BNB_OPTIMIZERS[name])(params, lr=lr, weight_decay=weight_decay)
+
+
 def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
@@ -81,7 +108,8 @@ def _resume_signature(cfg, data: TrainData, processes: int) -> dict[str, Any]:
     t = cfg.train
     return {"data": data.cache_key, "method": t.method, "base": cfg.model.base, "lora": cfg.lora.model_dump(),
             "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "seed": t.seed,
-            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler, "processes": processes}
+            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler, "processes": processes,
+            "optim": t.optim}
 
 
 class Trainer:
@@ -119,6 +147,7 @@ class Trainer:
 
         t = self.cfg.train
         device = resolve_device(self.cfg.model.device)
+        check_optimizer(t.optim, device)  # before the data and the model load
         self.accelerator = Accelerator(cpu=device == "cpu")
         self.device = str(self.accelerator.device) if device != "cpu" else "cpu"
         torch.manual_seed(t.seed)
@@ -139,7 +168,7 @@ class Trainer:
         from transformers import get_scheduler
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.optimizer = make_optimizer(t.optim, params, lr=t.lr, weight_decay=t.weight_decay)
         self.scheduler = get_scheduler(t.lr_scheduler, self.optimizer,
                                        num_warmup_steps=round(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
@@ -306,8 +335,10 @@ class Trainer:
         if ckpt is None:
             raise RagqaError(f"--resume: no checkpoint in {self.ckpt_root}; run without --resume to start fresh")
         state = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
-        if state["signature"] != self.signature:
-            changed = sorted(k for k in self.signature if state["signature"].get(k) != self.signature[k])
+        # Checkpoints written before train.optim existed were all made with adamw.
+        saved = {"optim": "adamw", **state["signature"]}
+        if saved != self.signature:
+            changed = sorted(k for k in self.signature if saved.get(k) != self.signature[k])
             raise RagqaError(f"--resume: {ckpt} was made with different settings ({', '.join(changed)}); "
                              "restore them or run without --resume")
         model = self.accelerator.unwrap_model(self.model)
@@ -515,6 +546,7 @@ class Trainer:
                 "base_model": self.cfg.model.base,
                 "base_model_location": generator_dir(self.cfg.model.base),
                 "method": self.cfg.train.method,
+                "optimizer": self.cfg.train.optim if self.cfg.train.method != "none" else None,
                 "template_version": TEMPLATE_VERSION,
                 "config": self.cfg.to_dict(),
                 "data_hashes": self.data.data_hashes,
@@ -624,6 +656,7 @@ Research tool, not medical advice.
 | examples | {m['train_examples']} train, {m['val_examples']} validation scored ({len(card['split']['val'])} held out) |
 | steps | {m['steps']} (lr {t['lr']}, batch {t['batch_size']} x accum {t['grad_accum']}, \
 max_seq_len {t['max_seq_len']}) |
+| optimizer | {card['optimizer'] or 'none (no training)'} |
 | validation loss | {fmt(m['val_loss'])} (base model: {fmt(m['base_val_loss'])}) |
 | wall time | {card['wall_time_s']} s on {card['device']}, peak RSS {card['peak_rss_mb']} MB |
 | prompt template | {card['template_version']} |
