@@ -347,7 +347,7 @@ def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str,
              "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
              # The check (ask.verify): the answer before it, its sentences' verdicts and the scorer that ruled.
              "raw_answer": getattr(ans, "raw_answer", None), "sentences": getattr(ans, "sentences", None),
-             "checked_by": getattr(ans, "checked_by", None),
+             "checked_by": getattr(ans, "checked_by", None), "engine": getattr(ans, "engine", None),
              "error": None} for row, ans in zip(rows, answers, strict=True)]
 
 
