@@ -222,8 +222,8 @@ def _make_stateful(ov_model, kv_in: list[str], kv_out: list[str], kv_shape: list
 
 
 def _compress(ov_model, weights: str):
-    """nncf weight compression; the output projection (tied to the embedding in SmolLM2) stays float, since
-    quantizing it moved greedy tokens the most (see EXPORT notes in benchmarks/engine.py)."""
+    """nncf data-free weight compression of every MatMul and Gather weight (int8: asymmetric per output channel;
+    int4: asymmetric in groups of 64). Activations stay float."""
     if weights == "fp32":
         return ov_model
     import nncf
