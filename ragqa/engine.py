@@ -258,7 +258,9 @@ def export(model, tokenizer, folder: Path, weights: str) -> None:
     _make_stateful(ov_model, kv_in, kv_out, [-1, heads, -1, head_dim])
     ov_model = _compress(ov_model, weights)
     ov.save_model(ov_model, folder / MODEL_FILES[0], compress_to_fp16=False)
-    config.save_pretrained(folder)
+    config.save_pretrained(folder)  # OpenVINO GenAI reads the model type and defaults from these two
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
 
 
 def build(model, tokenizer, key: dict, folder: Path, what: str) -> float:
