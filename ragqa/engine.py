@@ -21,10 +21,12 @@ and is checked on every load: a damaged or stale folder is converted again (atom
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import threading
 import time
@@ -49,6 +51,23 @@ INSTALL_HINT = "pip install 'ragqa[fast]'"
 def note(text: str) -> None:
     """One line on stderr (stdout may carry `ragqa ask --json` answers)."""
     print(printable(text), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def no_telemetry():
+    """openvino and nncf send usage telemetry unless the user opted out in a file in their home folder, or the
+    process looks like CI: `import openvino` alone sends an event. ragqa is offline-first and never phones home,
+    so every import and conversion happens with CI=true (their documented CI switch), restored afterwards. The
+    telemetry object is a process-wide singleton, so once it is made declined it stays so."""
+    before = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = before
 
 
 def missing_packages() -> list[str]:
@@ -108,7 +127,8 @@ def adapter_digest(adapter: str | Path) -> str:
 
 
 def cache_key(base_sha: str, adapter_sha: str | None, weights: str) -> dict[str, str | None]:
-    import openvino
+    with no_telemetry():
+        import openvino
 
     return {"export_version": EXPORT_VERSION, "openvino": openvino.__version__, "weights": weights,
             "base_sha256": base_sha, "adapter_sha256": adapter_sha}
@@ -270,7 +290,7 @@ def build(model, tokenizer, key: dict, folder: Path, what: str) -> float:
     note(f"converting {what} for the openvino engine ({key['weights']} weights) once; cached in {folder} ...")
     recover(folder)  # temp folders of a conversion that was killed
     try:
-        with atomic_dir(folder, option="RAGQA_CACHE folder") as tmp:
+        with atomic_dir(folder, option="RAGQA_CACHE folder") as tmp, no_telemetry():
             export(model, tokenizer, tmp, key["weights"])
             files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
                      for name in MODEL_FILES}
@@ -294,7 +314,8 @@ class OpenVINOGenerator:
     """One converted model in an OpenVINO GenAI LLMPipeline, fed token ids."""
 
     def __init__(self, folder: Path, threads: int | None, weights: str, conversion_s: float | None = None):
-        import openvino_genai
+        with no_telemetry():
+            import openvino_genai
 
         self.folder = folder
         self.conversion_s = conversion_s

@@ -11,7 +11,11 @@ import pytest
 
 from conftest import STARTER
 
-pytest.importorskip("openvino_genai", reason="the openvino engine is not installed (pip install 'ragqa[fast]')")
+from ragqa.engine import missing_packages
+
+# Not importorskip: importing openvino here, outside ragqa.engine.no_telemetry, would send its usage telemetry.
+pytestmark = pytest.mark.skipif(bool(missing_packages()),
+                                reason="the openvino engine is not installed (pip install 'ragqa[fast]')")
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +183,14 @@ def test_converted_smollm2_greedy_tokens_match_torch(engine_cache, capsys):
     positions of 32-token RAG answers (free-running greedy answers part within a few tokens on this 135M model,
     as any weight rounding makes them: the eval matrix, not token identity, says whether answers got worse)."""
     import numpy as np
-    import openvino as ov
     import torch
 
     from ragqa.answer import Pipeline
+    from ragqa.engine import no_telemetry
     from ragqa.evaluate.ablation import EvalConfig, answer_records
+
+    with no_telemetry():
+        import openvino as ov
 
     torch_pipe = Pipeline(_cfg("ask.engine=torch", "ask.max_new_tokens=24", "ask.static_cache=false"))
     ov_pipe = Pipeline(_cfg("ask.engine=openvino", "ask.engine_weights=fp32", "ask.max_new_tokens=24"))
