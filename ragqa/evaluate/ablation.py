@@ -205,7 +205,10 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | None, judge
         "embedder": cfg.model.embedder,
         "index": cfg.index.name,
         "retrieval": cfg.retrieval.model_dump(mode="json"),
-        "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")},
+        # The engine is part of the setup (its answers differ), but the torch default adds no keys, so reports
+        # begun before ask.engine existed still resume.
+        "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")
+                and not (k in ("engine", "engine_weights") and cfg.ask.engine == "torch")},
         "judge": judge,
         "batch_size": cfg.eval.batch_size,
     }
