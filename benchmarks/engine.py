@@ -91,6 +91,8 @@ def worker(args) -> dict:
         text, timings = pipe._generate([prompt], use_adapter, pieces.append)[0]
         rows.append(timings)
         texts.append(text)
+    if pipe.engine is not None and use_adapter:
+        pipe.engine.variant(False)  # converted here, so that --eval's base rows time answers, not a conversion
     return {"summary": _summary(rows), "texts": texts, "load_s": round(load_s, 2),
             "conversion_s": None if conversion is None else round(conversion, 1), "peak_rss_mb": _peak_rss_mb()}
 
