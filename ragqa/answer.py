@@ -50,6 +50,8 @@ class Answer:
     """Per sentence of raw_answer: {text, supported, score, passage, label} (ragqa.judge.check.SentenceCheck)."""
     checked_by: str | None = None
     """The scorer that checked the answer (a judge's name, or 'lexical'); None when not checked."""
+    engine: str | None = None
+    """What generated the answer: torch or openvino (ask.engine); None when nothing was generated (abstained)."""
 
     @property
     def withdrawn(self) -> bool:
@@ -75,6 +77,7 @@ class Answer:
             "raw_answer": self.raw_answer,
             "sentences": self.sentences,
             "checked_by": self.checked_by,
+            "engine": self.engine,
         }
 
 
@@ -127,6 +130,17 @@ class Pipeline:
 
             check_adapters(spec, cfg.model.base)  # a refused adapter fails before the model loads
         self.model, self.tokenizer = load_generator(cfg.model.base, cfg.model.device, cfg.model.dtype)
+        from ragqa.engine import choose, note
+
+        self.engine_name, why = choose(cfg.ask.engine, self.model.device.type, cfg.ask.quantize,
+                                       combined=bool(spec and spec.combined))
+        if why:
+            note(why)
+        base_sha = None
+        if self.engine_name == "openvino":
+            from ragqa.engine import weights_digest
+
+            base_sha = weights_digest(self.model)  # the cache key of the converted model (before the adapter)
         self.adapters: dict[str, str] = {}
         """Loaded adapters: label (directory, or the combination's label) -> peft adapter name."""
         if spec:
@@ -135,6 +149,12 @@ class Pipeline:
         """The label of the active adapter; None answers with the base model."""
         if cfg.ask.quantize == "int8":
             self.model = quantize_int8(self.model)
+        self.engine = None
+        """The openvino engine (ragqa.engine.OpenVINOEngine) when ask.engine chose it; None: torch generates."""
+        if self.engine_name == "openvino":
+            from ragqa.engine import OpenVINOEngine
+
+            self.engine = OpenVINOEngine(cfg, self.model, self.tokenizer, base_sha, self.adapter)
         self._retriever = None
         self._checker = None
         self._unreported_load_s = time.perf_counter() - start
@@ -147,6 +167,8 @@ class Pipeline:
         from ragqa.adapters import COMBINED, load_adapter
 
         name = name.strip()
+        if self.engine is not None:  # its converted variants are the start-up adapter merged, and the base
+            raise RagqaError(":adapter needs ask.engine=torch (the openvino engine converted one adapter at start)")
         if name in ("off", "none"):
             if self.adapters:
                 self.model.base_model.disable_adapter_layers()  # until the next switch (peft's in-place switch)
@@ -296,7 +318,7 @@ class Pipeline:
                 timings.update(gen_timings)
                 cleaned = clean_citations(raw, len(passages))
                 answer = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
-                                mode, adapter, timings, note)
+                                mode, adapter, timings, note, engine=self.engine_name)
                 if verify:
                     budget = max_new_tokens or self.cfg.ask.max_new_tokens
                     self._check(answer, mode, cut_off=timings.get("new_tokens", 0) >= budget)
@@ -326,6 +348,8 @@ class Pipeline:
         """Generate for the prompts: a lone prompt streams (on_token, time to first token), several run as one
         left-padded batch. Returns (text, timings) per prompt; a batch's generate_s is each answer's share.
         A row whose event in `stops` is set is finished at the next step, as if it had produced its end token."""
+        if self.engine is not None:
+            return self._generate_openvino(prompts, use_adapter, on_token, max_new_tokens, stops)
         import contextlib
 
         import torch
@@ -406,3 +430,57 @@ class Pipeline:
             shared["ttft_s"] = round(first if first is not None else elapsed, 4)
         return [(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
                  {"prompt_tokens": prompt_tokens, "new_tokens": len(new), **shared}) for new, prompt_tokens in rows]
+
+    def _generate_openvino(self, prompts: list[str], use_adapter: bool, on_token, max_new_tokens: int | None = None,
+                           stops: list[threading.Event] | None = None) -> list[tuple[str, dict[str, float]]]:
+        """_generate on the openvino engine: the same token ids (ragqa's tokenizer, left-padded), the same decoding
+        settings and the same timings. A lone prompt streams, checking its stop event after every token; a batch
+        runs to its end (the engine cannot finish one row of a batch early)."""
+        generator = self.engine.variant(use_adapter)
+        enc = self.tokenizer(prompts, return_tensors="np", padding=True, padding_side="left",
+                             add_special_tokens=False)
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        stop = stops[0] if stops is not None and len(prompts) == 1 else None
+        start = time.perf_counter()
+        first = None
+        streamed: list[int] = []
+        shown = ""
+
+        def on_ids(ids: list[int]) -> bool:
+            nonlocal first, shown
+            if first is None:
+                first = time.perf_counter() - start
+            streamed.extend(ids)
+            if on_token is not None:
+                text = self.tokenizer.decode(streamed, skip_special_tokens=True)
+                # A piece ends on a whole character: a multi-byte one split across tokens waits for its rest.
+                if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):
+                    on_token(text[len(shown):])
+                    shown = text
+            return stop is not None and stop.is_set()
+
+        rows = generator.generate(
+            enc["input_ids"].astype("int64"), enc["attention_mask"].astype("int64"),
+            max_new_tokens=max_new_tokens or self.cfg.ask.max_new_tokens, eos=eos, repetition_penalty=1.1,
+            temperature=self.cfg.ask.temperature, seed=self.cfg.train.seed,
+            on_ids=on_ids if len(prompts) == 1 else None)
+        elapsed = time.perf_counter() - start
+        if on_token is not None:
+            text = self.tokenizer.decode(streamed, skip_special_tokens=True)
+            if text.startswith(shown) and len(text) > len(shown):
+                on_token(text[len(shown):])
+        rows = [new[:next((j + 1 for j, token in enumerate(new) if token in eos), len(new))] for new in rows]
+        total_new = sum(len(new) for new in rows)
+        if first is not None:
+            speed = max(total_new - 1, 0) / max(elapsed - first, 1e-9)
+        else:
+            speed = total_new / max(elapsed, 1e-9)
+        shared = {"generate_s": round(elapsed / len(prompts), 4), "tokens_per_s": round(speed, 3),
+                  "batch_size": len(prompts)}
+        if len(prompts) == 1:
+            shared["ttft_s"] = round(first if first is not None else elapsed, 4)
+        prompt_tokens = enc["attention_mask"].sum(axis=1).tolist()
+        return [(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
+                 {"prompt_tokens": int(n), "new_tokens": len(new), **shared}) for new, n in zip(rows, prompt_tokens,
+                                                                                                strict=True)]

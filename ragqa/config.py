@@ -231,6 +231,13 @@ class AskConfig(_Section):
     """Check answers: each sentence is scored against the passages it cites (all shown passages when it cites
     none) by the judge (judge.name; the lexical scorer while no default judge is trained); unsupported
     sentences are removed, and an answer left with none abstains. Closed-book answers are not checked."""
+    engine: Literal["auto", "torch", "openvino"] = "torch"
+    """What generates: torch (the reference path), openvino (the generator converted once to an OpenVINO model with
+    ask.engine_weights weights and run by OpenVINO GenAI on CPU: faster decoding, see ragqa/engine.py), or auto =
+    openvino on CPU when it is installed (`pip install 'ragqa[fast]'`), torch otherwise (with one line saying why)."""
+    engine_weights: Literal["int8", "int4", "fp32"] = "int8"
+    """Weight format of the openvino engine: int8 (per-channel), int4 (groups of 64: faster, answers move more),
+    or fp32 (the same greedy tokens as torch, for checking)."""
     quantize: Literal["none", "int8"] = "none"
     """int8: dynamic int8 Linear layers on CPU: ~1.5x faster prefill, ~1.3x decode, but the answers change and
     were worse on the 5 questions checked (benchmarks/ask.py row base_int8), so it is off by default."""

@@ -223,7 +223,10 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | AdapterSpec
         "embedder": cfg.model.embedder,
         "index": cfg.index.name,
         "retrieval": cfg.retrieval.model_dump(mode="json"),
-        "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")},
+        # The engine is part of the setup (its answers differ), but the torch default adds no keys, so reports
+        # begun before ask.engine existed still resume.
+        "ask": {k: v for k, v in cfg.ask.model_dump(mode="json").items() if k not in ("threads", "disclaimer")
+                and not (k in ("engine", "engine_weights") and cfg.ask.engine == "torch")},
         "judge": judge,
         "batch_size": cfg.eval.batch_size,
     }
@@ -365,7 +368,7 @@ def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str,
              "citations": list(ans.citations), "abstained": bool(ans.abstained), "timings": dict(ans.timings),
              # The check (ask.verify): the answer before it, its sentences' verdicts and the scorer that ruled.
              "raw_answer": getattr(ans, "raw_answer", None), "sentences": getattr(ans, "sentences", None),
-             "checked_by": getattr(ans, "checked_by", None),
+             "checked_by": getattr(ans, "checked_by", None), "engine": getattr(ans, "engine", None),
              "error": None} for row, ans in zip(rows, answers, strict=True)]
 
 
