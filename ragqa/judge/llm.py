@@ -28,7 +28,8 @@ OPENAI_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a URL's host is this machine (API keys may go there over plain http)."""
     if host.lower() == "localhost":
         return True
     try:
@@ -56,7 +57,7 @@ def api_key_for(url: str, key_env: str | None, *, url_option: str, key_option: s
     if not key:
         raise RagqaError(f"{key_option} {key_env}: that environment variable is not set (or empty); export it "
                          f"or drop {key_option}")
-    if parts.scheme != "https" and not _is_loopback(host):
+    if parts.scheme != "https" and not is_loopback(host):
         raise RagqaError(f"{key_option} {key_env}: refusing to send the key in clear text to {host} over http; "
                          f"use an https {url_option}, a loopback address, or drop {key_option}")
     return key

@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
-import ipaddress
 import os
 import secrets
 import urllib.parse
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ragqa.errors import RagqaError
+from ragqa.judge.llm import is_loopback
 from ragqa.index.manifest import index_dir, reingest_hint
 from ragqa.store import VectorStore
 from ragqa.terminal import say
@@ -42,15 +42,6 @@ LOCAL_DIR = "qdrant"
 LOCAL_COLLECTION = "chunks"
 UPLOAD_BATCH = 256
 SCROLL_BATCH = 1024
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _check_url(url: str) -> None:
@@ -63,7 +54,7 @@ def _api_key(url: str, env: str) -> str | None:
     """The key in $env, sent only over https or to this machine (a key in clear text on a network is leaked)."""
     key = os.environ.get(env) or None
     host = urllib.parse.urlsplit(url).hostname or ""
-    if key and urllib.parse.urlsplit(url).scheme != "https" and not _is_loopback(host):
+    if key and urllib.parse.urlsplit(url).scheme != "https" and not is_loopback(host):
         raise RagqaError(f"index.store_api_key_env {env}: refusing to send the Qdrant API key in clear text to "
                          f"{host} over http; use an https --store-url, a loopback address, or unset {env}")
     return key
