@@ -280,8 +280,9 @@ def _check_port(host: str, port: int) -> None:
 @cli.command("eval")
 @_config_options
 @click.option("--questions", type=click.Path(dir_okay=False),
-              help="Q&A file (JSONL id/question/answer[/gold_passage_ids]); default: the starter Q&A held-out "
-                   "split of --adapter (all starter Q&A without one).")
+              help="Q&A file (JSONL/JSON/CSV/Parquet: id/question/answer[/gold_passage_ids]); without any answer "
+                   "only the reference-free metrics are scored. Default: the starter Q&A held-out split of "
+                   "--adapter (all starter Q&A without one).")
 @click.option("--index", "index_name", help="Index name (indexes/NAME) or directory.")
 @click.option("--adapter", "adapters", multiple=True,
               help="LoRA adapter directory (needed by the lora configurations); repeat it to combine adapters.")
@@ -333,7 +334,9 @@ def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_we
                        exclude_trained=exclude_trained, fresh=fresh, progress=not quiet, overwrite=overwrite)
     click.echo(printable(f"{summary['questions']} questions x {len(summary['configs'])} configurations "
                          f"in {summary['wall_s']} s; report: {summary['paths']['report.md']} "
-                         f"(also report.html, matrix.png, results.jsonl)"))
+                         f"(also report.html, matrix.png, results.jsonl)"
+                         + ("" if summary["reference_answers"] else
+                            "; no reference answers: reference-free metrics only")))
 
 
 @cli.command("ingest")

@@ -1,10 +1,19 @@
 """Q&A files: the one loader behind `ragqa train --data`, `ragqa eval --questions` and `eval --retrieval-only`.
 
 A Q&A file is JSONL (one object a line), a .json list of objects, CSV or Parquet, with the fields `question`,
-`answer` (optional where only retrieval is scored), `id` (optional: FILE-STEM:N otherwise) and
-`gold_passage_ids` (optional: a list of document ids, or one id). Anything else is one line naming the file,
-the line or row, the field and the fix (ragqa.errors.RagqaError), never a partial load. Parsing goes through
-ragqa.corpus.read_records, the reader corpus files use, so both give the same errors for the same damage.
+`answer` (see below), `id` (optional: FILE-STEM:N otherwise) and `gold_passage_ids` (optional: a list of
+document ids, or one id). Anything else is one line naming the file, the line or row, the field and the fix
+(ragqa.errors.RagqaError), never a partial load. Parsing goes through ragqa.corpus.read_records, the reader
+corpus files use, so both give the same errors for the same damage.
+
+The `answer` rule depends on the caller (load_qa's `need_answer`):
+    True (training)          every row has a non-empty answer;
+    ALL_OR_NONE (ragqa eval) every row has one (reference metrics) or none has (real user questions, scored on
+                             the reference-free metrics only); a file mixing both is refused, naming the first
+                             row without one, because a report that scores some rows against references and
+                             others not would average two different things;
+    False (retrieval-only)   answers are not read.
+A blank answer (empty or only spaces, e.g. an empty CSV cell or a Parquet null) counts as no answer.
 
 This module sits outside ragqa.train so that evaluation, which must not depend on training code, can use it.
 """
@@ -12,6 +21,7 @@ This module sits outside ragqa.train so that evaluation, which must not depend o
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -25,6 +35,8 @@ from ragqa.files import sha256_file
 
 MAX_QUESTION_CHARS = 2000
 """Default of ask.max_question_chars: a question is a sentence or two, not a pasted document."""
+ALL_OR_NONE = "all-or-none"
+"""load_qa(need_answer=ALL_OR_NONE): answers in every row or in none (see the module docstring)."""
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 LABEL = "Q&A file"
 
@@ -65,16 +77,23 @@ def clean_question(question: str, limit: int = MAX_QUESTION_CHARS) -> str:
     return text
 
 
-def load_qa(paths: Sequence[str | Path], *, option: str = "train.data", need_answer: bool = True,
+def load_qa(paths: Sequence[str | Path], *, option: str = "train.data", need_answer: bool | str = True,
             max_question_chars: int = MAX_QUESTION_CHARS) -> tuple[list[QARow], dict[str, str]]:
     """Read and check every row of the Q&A files; returns the rows and each file's sha256.
 
-    `option` names the setting the paths came from (in the not-found message); with need_answer=False rows
-    may leave out `answer` (retrieval-only evaluation). Ids must be unique across all files.
+    `option` names the setting the paths came from (in the not-found message); need_answer is True (every row
+    needs an answer), False (rows may leave out `answer`: retrieval-only evaluation) or ALL_OR_NONE (all rows
+    have an answer or none has; rows without one get answer ""). Ids must be unique across all files.
     """
+    if need_answer not in (True, False, ALL_OR_NONE):
+        raise ValueError(f"need_answer must be True, False or {ALL_OR_NONE!r}, not {need_answer!r}")
     rows: list[QARow] = []
     hashes: dict[str, str] = {}
     seen: dict[str, str] = {}
+    with_answer: str | None = None
+    """Where the first row with an answer is (ALL_OR_NONE)."""
+    without: list[str] = []
+    """Where the rows without an answer are (ALL_OR_NONE)."""
     for raw in paths:
         path = Path(raw)
         if not path.is_file():
@@ -83,13 +102,21 @@ def load_qa(paths: Sequence[str | Path], *, option: str = "train.data", need_ans
             raise RagqaError(f"{LABEL} {path}: unsupported file type '{path.suffix}' "
                              "(use .jsonl, .json, .csv or .parquet)")
         hashes[str(path)] = sha256_file(path)
-        for n, (where, record) in enumerate(_records(path, need_answer), start=1):
+        for n, (where, record) in enumerate(_records(path, need_answer is True), start=1):
             row = _row(record, path, where, f"{path.stem}:{n}", need_answer, max_question_chars)
             if row.id in seen:
                 raise RagqaError(f"{LABEL} {path} {where}: id {row.id!r} is already used by {seen[row.id]}; "
                                  "give every question its own id")
             seen[row.id] = f"{path} {where}"
             rows.append(row)
+            if row.answer:
+                with_answer = with_answer or f"{path} {where}"
+            else:
+                without.append(f"{path} {where}")
+    if need_answer == ALL_OR_NONE and with_answer and without:
+        raise RagqaError(f"{LABEL} {without[0]}: no 'answer', but {with_answer} has one ({len(without)} of "
+                         f"{len(rows)} rows have none); give every row an answer, or leave 'answer' out of every "
+                         "row to score on the reference-free metrics only")
     return rows, hashes
 
 
@@ -136,11 +163,18 @@ def _text(record: dict[str, Any], key: str, path: Path, where: str) -> str:
     return value.strip()
 
 
-def _row(record: dict[str, Any], path: Path, where: str, default_id: str, need_answer: bool, limit: int) -> QARow:
+def _row(record: dict[str, Any], path: Path, where: str, default_id: str, need_answer: bool | str,
+         limit: int) -> QARow:
     """One checked row; `default_id` (FILE-STEM:N, N counting records) stands in for a missing id."""
     question = _text(record, "question", path, where)
-    if need_answer:
+    value = record.get("answer")
+    # None: no field, a Parquet null; NaN: pandas' missing value; "": an empty CSV cell.
+    blank = (value is None or isinstance(value, float) and math.isnan(value)
+             or isinstance(value, str) and not value.strip())
+    if need_answer is True or need_answer == ALL_OR_NONE and not blank:
         answer = _text(record, "answer", path, where)
+    elif need_answer == ALL_OR_NONE:  # no answer: load_qa checks that no other row has one
+        answer = ""
     else:  # retrieval-only evaluation never reads it
         answer = record["answer"].strip() if isinstance(record.get("answer"), str) else ""
     raw_id = record.get("id")

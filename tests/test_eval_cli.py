@@ -111,3 +111,36 @@ def test_retrieval_only(index, tmp_path):
     for metrics in results.values():
         assert metrics["n"] == 5 and 0.4 <= metrics["recall@1"] <= metrics["recall@3"] <= metrics["recall@10"]
     assert "| hybrid |" in (out / "retrieval.md").read_text()
+
+
+def test_eval_without_reference_answers_scores_the_reference_free_metrics(index, tmp_path):
+    """Issue #16: real user questions come without answers; eval scores them on what needs no reference."""
+    questions = tmp_path / "user-questions.jsonl"
+    starter = _lines(STARTER / "qa.jsonl")[:2]
+    questions.write_text("".join(json.dumps({"id": q["id"], "question": q["question"]}) + "\n" for q in starter))
+    out = tmp_path / "report"
+    # No answer check (ask.verify): a withdrawn answer would leave nothing to score faithfulness on.
+    res = run_cli("eval", "--index", str(index), "--questions", str(questions), "--configs", "base,rag",
+                  "--output", str(out), "--set", "ask.verify=false", *FAST)
+    assert res.returncode == 0, res.stderr
+    assert "no reference answers: reference-free metrics only" in res.stdout
+    records = _lines(out / "results.jsonl")
+    assert len(records) == 4 and all(r["reference"] == "" for r in records)
+    reference_metrics = {"token_f1", "rouge_l", "bertscore", "semantic_similarity", "string_similarity",
+                         "contains_answer", "ref_support"}
+    for r in records:
+        assert not reference_metrics & (set(r["scores"]) | set(r["failures"])), r["scores"]
+        assert "abstained" in r["scores"] and r["timings"]["total_s"] > 0
+        if r["config"] == "rag" and not r["abstained"]:  # no NLI judge (--nli-judge none): the lexical scorer
+            assert r["scores"]["lexical_faithfulness"] is not None and "cites" in r["scores"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference_answers"] is False and reference_metrics <= set(summary["skipped_metrics"])
+    assert not reference_metrics & set(summary["metrics"])
+    assert {"abstained", "lexical_faithfulness", "echo_or_short"} <= set(summary["metrics"])
+    assert summary["metrics"]["lexical_faithfulness"]["rag"]["n"] >= 1
+    assert summary["metrics"]["lexical_faithfulness"]["base"]["n"] == 0  # no passages, nothing to be faithful to
+    assert summary["latency"]["rag"]["total_s"] > 0
+    md = (out / "report.md").read_text()
+    assert "**No reference answers:**" in md.split("## Matrix")[0] and "(no reference answers)" in md
+    assert "| token_f1 | n/a | n/a | - |" in md and "| lexical_faithfulness |" in md and "| abstained |" in md
+    assert "No reference answers" in (out / "report.html").read_text()

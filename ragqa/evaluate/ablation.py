@@ -25,7 +25,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
-from ragqa.qa import MAX_QUESTION_CHARS, load_qa
+from ragqa.qa import ALL_OR_NONE, MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
 DEFAULT_CONFIGS = "base,lora,rag,rag+lora"
@@ -70,8 +70,11 @@ def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
 
 
 def load_questions(path: str | Path, max_question_chars: int = MAX_QUESTION_CHARS) -> list[dict[str, Any]]:
-    """Q&A rows {id, question, answer, gold_passage_ids} from JSONL/JSON/CSV/Parquet (ragqa.qa, as training)."""
-    rows, _ = load_qa([path], option="--questions", max_question_chars=max_question_chars)
+    """Q&A rows {id, question, answer, gold_passage_ids} from JSONL/JSON/CSV/Parquet (ragqa.qa, as training).
+
+    Answers are in every row or in none (ragqa.qa.ALL_OR_NONE): a file of real user questions without reference
+    answers (answer "") is scored on the reference-free metrics only; a file mixing both is refused."""
+    rows, _ = load_qa([path], option="--questions", need_answer=ALL_OR_NONE, max_question_chars=max_question_chars)
     if not rows:
         raise RagqaError(f"--questions {path}: no questions in the file")
     return [{"id": r.id, "question": r.question, "answer": r.answer, "gold_passage_ids": r.gold_ids} for r in rows]
@@ -408,9 +411,11 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
 
         openai_endpoint(judge_base_url, judge_api_key_env)  # a key that would leak is refused before any output
     questions_path = questions or trained_questions(adapter) or STARTER_QA
-    rows, notes = select_questions(load_questions(questions_path, cfg.ask.max_question_chars), adapter,
-                                   default_set=questions is None, exclude_trained=exclude_trained, limit=limit,
-                                   sample=sample, seed=seed)
+    loaded = load_questions(questions_path, cfg.ask.max_question_chars)
+    references = any(r["answer"] for r in loaded)
+    """False: the file has no reference answers, so only the reference-free metrics are scored."""
+    rows, notes = select_questions(loaded, adapter, default_set=questions is None, exclude_trained=exclude_trained,
+                                   limit=limit, sample=sample, seed=seed)
     output = Path(output)
     check_output_dir(output, "eval report", MARKERS, overwrite=overwrite)
     log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
@@ -433,24 +438,30 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
         relevance, relevance_note = load_relevance_model(cfg)
         write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")),
                                       "answer_relevance": relevance_note}, indent=2, sort_keys=True)
+        # Without an NLI judge the lexical scorer (ref_judge then) gives lexical_faithfulness: every run, and
+        # above all one without reference answers, gets a faithfulness number.
         scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
-                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge, reranker=relevance)
+                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge, reranker=relevance,
+                        lexical_judge=ref_judge if nli is None else None)
         run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
     elapsed = time.perf_counter() - start
     names = [c.name for c in plan]
     records = report.group_records(log.records, {r["id"] for r in rows}, names)
     held_out = " (held-out split of the adapter" + ("s)" if adapter and adapter.combined else ")")
-    meta = {"question file": str(questions_path) + (held_out if questions is None and adapter else ""),
+    meta = {"question file": str(questions_path) + (held_out if questions is None and adapter else "")
+            + ("" if references else " (no reference answers)"),
             "questions asked": f"{len(rows)}" + (f" (random sample, seed {seed})" if sample else "")
             + (f" (first {limit})" if limit else ""),
             "adapter": adapter.label if adapter else "none", "model": cfg.model.base, "index": cfg.index.name,
             "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
-            "nli_judge": nli_note, "ref_scorer": ref_note, "answer_relevance": relevance_note,
+            "nli_judge": nli_note, "ref_scorer": ref_note if references else "not run (no reference answers)",
+            "answer_relevance": relevance_note,
             "answer check (ask.verify)": cfg.ask.verify, "excluded_trained": notes["excluded_trained"]}
     if "warning" in notes:
         meta["warning"] = notes["warning"]
     with report_swap(output, report.REPORT_FILES) as tmp:
-        summary = report.write_report(tmp, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap)
+        summary = report.write_report(tmp, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap,
+                                      references=references)
     summary["paths"] = {name: str(output / name) for name in
                         ("results.jsonl", "report.md", "report.html", "matrix.png", "summary.json")}
     summary["wall_s"] = round(elapsed, 1)

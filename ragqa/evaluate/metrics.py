@@ -7,8 +7,10 @@ the local NLI judge (ragqa.judge) when one is trained. Correctness (ref_support,
 each answer sentence against the reference answer with the support scorer (NLI judge, else lexical), so
 closed-book rows are measured for hallucination too. Checked answers (ask.verify) also get token_f1_raw
 and nli_faithfulness_raw of the answer before the check; failure modes come from ragqa.evaluate.failures.
-Answer relevance comes from the cross-encoder reranker (ragqa.rerank: the question and the answer scored as a
-query and a passage), when one is trained.
+Without an NLI judge, lexical_faithfulness scores the same support with the lexical scorer
+(ragqa.judge.lexical). A question without a reference answer (a file of real user questions) gets only the
+reference-free metrics: NEEDS_REFERENCE lists the others. Answer relevance comes from the cross-encoder
+reranker (ragqa.rerank: the question and the answer scored as a query and a passage), when one is trained.
 LLM-judged ragas metrics (faithfulness, answer relevancy, context precision/recall) run only when a judge
 is configured (`local:NAME` or `openai:MODEL`). Every metric that should have run but gave no number is
 recorded in `failures` with the reason (nan, parse, error), never silently dropped.
@@ -53,6 +55,8 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("context_recall", "retrieval", "ragas IDBasedContextRecall (gold doc ids) = recall@k"),
     MetricInfo("mrr", "retrieval", "ragqa.evaluate.retrieval rank_metrics: 1/rank of the first gold passage"),
     MetricInfo("nli_faithfulness", "faithfulness", "ragqa NLI judge (answer sentences entailed by passages)"),
+    MetricInfo("lexical_faithfulness", "faithfulness", "ragqa lexical support scorer (share of each answer "
+               "sentence's content words found in one passage), scored when no NLI judge runs"),
     MetricInfo("answer_relevance", "answer", "ragqa cross-encoder reranker: P(answer is relevant to the question)"),
     MetricInfo("llm_faithfulness", "llm-judge", "ragas Faithfulness with the configured LLM judge"),
     MetricInfo("llm_answer_relevancy", "llm-judge", "ragas AnswerRelevancy with the configured LLM judge"),
@@ -74,6 +78,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
                "(ragqa.evaluate.failures; answers given)", higher_is_better=False),
     MetricInfo("cites", "failure-mode", "answers citing at least one passage [n] (answers given, with passages)"),
 ]}
+
+NEEDS_REFERENCE = tuple(m for m, info in METRICS.items() if info.family in ("reference", "correctness")) + (
+    "llm_context_precision", "llm_context_recall")
+"""The metrics that compare an answer with the reference answer: not run on a question file without answers."""
 
 FAILURE_TARGETS = {"echo_or_short": ("<=", 0.02), "repetition": ("<=", 0.01), "cites": (">=", 0.95)}
 """Issue #21's bounds on the failure-mode rates (shown beside them in the report)."""
@@ -247,10 +255,13 @@ class Scorer:
     """Scores one answer record against its question row; all models loaded once."""
 
     def __init__(self, embedder, nli_judge=None, llm=None, llm_metrics: Sequence[str] | None = None,
-                 ref_judge=None, reranker=None):
+                 ref_judge=None, reranker=None, lexical_judge=None):
         """llm_metrics: which LLM-judged metrics to run with `llm` (default: all four). ref_judge: the support
         scorer for ref_support / ref_contradiction (ragqa.judge.support_scorer; None: not run). reranker: a
-        ragqa.rerank Reranker for answer_relevance (None: the metric is not run)."""
+        ragqa.rerank Reranker for answer_relevance (None: the metric is not run). lexical_judge: the lexical
+        support scorer behind lexical_faithfulness, for when no NLI judge scores faithfulness (None: not run).
+
+        A row whose reference answer is blank (a question file without answers) gets no NEEDS_REFERENCE metric."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
@@ -265,6 +276,7 @@ class Scorer:
         self.nli_judge = nli_judge
         self.ref_judge = ref_judge
         self.reranker = reranker
+        self.lexical_judge = lexical_judge
         embeddings = local_embeddings(embedder)
         self._rouge = RougeScore(rouge_type="rougeL", mode="fmeasure")
         self._presence = StringPresence()
@@ -337,17 +349,20 @@ class Scorer:
             else:
                 scores[name] = value
 
+        has_reference = bool(reference.strip())
+        """False for a question file without answers: the reference metrics do not apply (absent, not failed)."""
         norm_answer, norm_ref = normalize(answer), normalize(reference)
-        await run("token_f1", lambda: token_f1(answer, reference))
-        if raw is not None:
-            await run("token_f1_raw", lambda: token_f1(raw, reference))
-        await run("rouge_l", lambda: self._rouge.ascore(reference=reference, response=answer))
-        await run("bertscore", lambda: bertscore_f1(self.embedder, answer, reference))
-        pair = dict(reference=reference, response=answer)
-        await run("semantic_similarity", lambda: self._similarity.ascore(**pair))
-        await run("string_similarity", lambda: self._string.ascore(**pair))
-        await run("contains_answer", lambda: (self._presence.ascore(reference=norm_ref, response=norm_answer)
-                                              if norm_ref else math.nan))
+        if has_reference:
+            await run("token_f1", lambda: token_f1(answer, reference))
+            if raw is not None:
+                await run("token_f1_raw", lambda: token_f1(raw, reference))
+            await run("rouge_l", lambda: self._rouge.ascore(reference=reference, response=answer))
+            await run("bertscore", lambda: bertscore_f1(self.embedder, answer, reference))
+            pair = dict(reference=reference, response=answer)
+            await run("semantic_similarity", lambda: self._similarity.ascore(**pair))
+            await run("string_similarity", lambda: self._string.ascore(**pair))
+            await run("contains_answer", lambda: (self._presence.ascore(reference=norm_ref, response=norm_answer)
+                                                  if norm_ref else math.nan))
         if passages and gold:
             from ragas.dataset_schema import SingleTurnSample
 
@@ -364,7 +379,10 @@ class Scorer:
             # Withdrawn answers too: how faithful was what the model wrote, before the check?
             known = scores.get("nli_faithfulness") if raw == answer else None
             await run("nli_faithfulness_raw", lambda: known if known is not None else self._nli(raw, passages))
-        if self.ref_judge is not None and not abstained and reference.strip():
+        if passages and not abstained and self.nli_judge is None and self.lexical_judge is not None:
+            await run("lexical_faithfulness",
+                      lambda: nli_support_score(self.lexical_judge.support(answer, passages)))
+        if self.ref_judge is not None and not abstained and has_reference:
             try:
                 claims = self.ref_judge.support(answer, [reference]).claims
             except Exception as exc:  # noqa: BLE001 - recorded per metric and reported, never dropped
@@ -384,6 +402,8 @@ class Scorer:
             await run("answer_relevance", lambda: answer_relevance(self.reranker, question, answer))
         if passages and not abstained:
             for name, metric in self._llm_metrics.items():
+                if name in NEEDS_REFERENCE and not has_reference:
+                    continue
                 kwargs = {
                     "llm_faithfulness": dict(user_input=question, response=answer,
                                              retrieved_contexts=contexts),

@@ -1,8 +1,10 @@
 """Aggregate results.jsonl into the ablation report: summary.json, report.md, report.html, matrix.png.
 
 Every number comes from the per-question records, with seeded bootstrap CIs, so the same results and
-seed always give the same report. The files are written into a fresh folder that the caller (ablation.py)
-renames into place whole, with results.jsonl, so a report is never half old and half new.
+seed always give the same report. A question file without reference answers gets a report that says so at
+the top and shows the metrics that need a reference (metrics.NEEDS_REFERENCE) as not applicable. The files
+are written into a fresh folder that the caller (ablation.py) renames into place whole, with results.jsonl,
+so a report is never half old and half new.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from ragqa.evaluate.metrics import FAILURE_TARGETS, METRICS
+from ragqa.evaluate.metrics import FAILURE_TARGETS, METRICS, NEEDS_REFERENCE
 from ragqa.evaluate.stats import bootstrap_ci, paired_bootstrap_pvalue
 
 REPORT_FILES = ("summary.json", "report.md", "matrix.png", "report.html")
 REFERENCE_CONFIG = "rag+lora"
 WORST_BY = "token_f1"
+WORST_BY_REFERENCE_FREE = ("nli_faithfulness", "lexical_faithfulness", "answer_relevance")
+"""Without reference answers the worst answers are the least faithful (else the least relevant) ones."""
+NOT_APPLICABLE = "not applicable: the question file has no reference answers"
 
 
 def _metric_order(records: list[dict]) -> list[str]:
@@ -30,8 +35,10 @@ def _metric_order(records: list[dict]) -> list[str]:
 
 
 def summarize(records: list[dict], configs: list[str], *, seed: int = 0, n_resamples: int = 2000,
-              reference: str = REFERENCE_CONFIG) -> dict[str, Any]:
-    """Means with 95% CIs, failure counts, paired p-values vs `reference`, winners, latency, judge agreement."""
+              reference: str = REFERENCE_CONFIG, references: bool = True) -> dict[str, Any]:
+    """Means with 95% CIs, failure counts, paired p-values vs `reference`, winners, latency, judge agreement.
+
+    references=False: the question file has no reference answers (recorded as `reference_answers`)."""
     by_config: dict[str, list[dict]] = {c: [] for c in configs}
     for rec in records:
         if rec["config"] in by_config:
@@ -62,6 +69,7 @@ def summarize(records: list[dict], configs: list[str], *, seed: int = 0, n_resam
         "agreement": _agreement(records, configs),
         "seed": seed,
         "n_resamples": n_resamples,
+        "reference_answers": references,
     }
 
 
@@ -139,11 +147,29 @@ def _agreement(records: list[dict], configs: list[str]) -> dict[str, Any]:
     return {"n": len(pairs), "spearman": _num(rho), "same_side_of_0.5": _num(same)}
 
 
-def worst_answers(records: list[dict], config: str, n: int = 5, key: str = WORST_BY) -> list[dict]:
+def skipped_metrics(records: list[dict], meta: dict[str, Any]) -> list[str]:
+    """The reference metrics a run without reference answers leaves out: those it would otherwise have scored
+    (token_f1_raw only with checked answers, the LLM judge's only with a judge)."""
+    checked = any(r.get("raw_answer") is not None for r in records)
+    judged = meta.get("judge") not in (None, "none")
+    return [m for m in NEEDS_REFERENCE if (m != "token_f1_raw" or checked) and (not m.startswith("llm_") or judged)]
+
+
+def worst_key(summary: dict[str, Any]) -> str | None:
+    """The score the worst answers are ranked by: token_f1, or without references the first reference-free
+    score that was measured (None: no per-answer score to rank by)."""
+    if summary.get("reference_answers", True):
+        return WORST_BY
+    table = summary["metrics"]
+    return next((m for m in WORST_BY_REFERENCE_FREE
+                 if m in table and any(v["n"] for v in table[m].values())), None)
+
+
+def worst_answers(records: list[dict], config: str, n: int = 5, key: str | None = WORST_BY) -> list[dict]:
     """The n answers of `config` with the lowest `key` score (errors first), ties broken by question id."""
     recs = [r for r in records if r["config"] == config]
     def rank(r: dict) -> tuple:
-        value = (r.get("scores") or {}).get(key)
+        value = (r.get("scores") or {}).get(key) if key else None
         return (-1.0 if value is None else value, str(r["qid"]))
     return sorted(recs, key=rank)[:n]
 
@@ -174,6 +200,7 @@ def _p(p: float | None) -> str:
 def _sources(meta: dict[str, Any]) -> dict[str, str]:
     sources = {m: info.source for m, info in METRICS.items()}
     sources["nli_faithfulness"] += f" — {meta.get('nli_judge') or 'not run'}"
+    sources["lexical_faithfulness"] += f" (NLI judge: {meta.get('nli_judge') or 'not run'})"
     sources["answer_relevance"] += f" — {meta.get('answer_relevance') or 'not run'}"
     for m in ("llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"):
         sources[m] += f" — judge: {meta.get('judge') or 'none configured'}"
@@ -186,7 +213,13 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
     """report.md: setup, matrix with CIs, winners, p-values, failures, latency, worst answers."""
     configs, table = summary["configs"], summary["metrics"]
     sources = _sources(meta)
+    skipped = [] if summary.get("reference_answers", True) else summary.get("skipped_metrics", [])
     lines = ["# ragqa ablation report", ""]
+    if not summary.get("reference_answers", True):
+        lines += ["**No reference answers:** no row of the question file has an `answer`, so only the reference-free "
+                  "metrics are scored (faithfulness, answer_relevance when a reranker exists, abstention, "
+                  "citation and failure-mode rates, latency). Skipped as not applicable: "
+                  + (", ".join(f"`{m}`" for m in skipped) or "none") + ".", ""]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += [f"- evaluated: {summary['questions']} questions; answers per configuration: "
               + ", ".join(f"{c} {n}" for c, n in summary["answers"].items()),
@@ -199,6 +232,10 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
     if "ref_support" in table and "ref_contradiction" not in table:  # the scorer cannot say contradiction
         sources["ref_contradiction"] += " (n/a: only an NLI judge can say contradiction)"
         shown.insert(shown.index("ref_support") + 1, "ref_contradiction")
+    for metric in skipped:  # no reference answers: shown, as not applicable
+        if metric not in table:
+            sources[metric] = f"{sources.get(metric, metric)} — {NOT_APPLICABLE}"
+            shown.append(metric)
     for metric in shown:
         winner = ", ".join(summary["winners"].get(metric, [])) or "-"
         cells = [_cell(table[metric][c]) if metric in table else "n/a" for c in configs]
@@ -232,16 +269,20 @@ def render_markdown(summary: dict[str, Any], records: list[dict], meta: dict[str
     for c, lat in summary["latency"].items():
         lines.append(f"| {c} | {_fmt(lat['total_s'])} | {_fmt(lat['retrieve_s'])} | {_fmt(lat['generate_s'])} "
                      f"| {_fmt(lat.get('verify_s'))} | {_fmt(lat['tokens_per_s'], 1)} |")
+    key = worst_key(summary)
     lines += ["", "Answers are generated in batches (`eval.batch_size`): generate is each answer's share of its "
               "batch, tokens/s the batch's generated tokens per second.", "",
-              f"## Worst 5 answers per configuration (lowest {WORST_BY})", ""]
+              f"## Worst 5 answers per configuration (lowest {key})" if key
+              else "## 5 answers per configuration (no per-answer score to rank them by)", ""]
     for config in configs:
         lines += [f"### {config}", ""]
-        for r in worst_answers(records, config):
-            score = (r.get("scores") or {}).get(WORST_BY)
-            lines += [f"- **{r['qid']}** ({WORST_BY} {_fmt(score)}): {_one_line(r['question'])}",
-                      f"  - reference: {_one_line(r['reference'], 300)}",
-                      f"  - answer: {_one_line(r.get('error') or r['answer'], 300) or '(empty)'}"]
+        for r in worst_answers(records, config, key=key):
+            score = (r.get("scores") or {}).get(key) if key else None
+            lines.append(f"- **{r['qid']}**" + (f" ({key} {_fmt(score)})" if key else "")
+                         + f": {_one_line(r['question'])}")
+            if r.get("reference"):
+                lines.append(f"  - reference: {_one_line(r['reference'], 300)}")
+            lines.append(f"  - answer: {_one_line(r.get('error') or r['answer'], 300) or '(empty)'}")
             if r.get("raw_answer") is not None and r["raw_answer"] != r["answer"]:
                 lines.append(f"  - before the check ({r.get('checked_by')}): {_one_line(r['raw_answer'], 300)}")
             for i, p in enumerate(r.get("passages") or [], 1):
@@ -392,15 +433,18 @@ def _inline(text: str) -> str:
 
 
 def write_report(out_dir: str | Path, records: list[dict], configs: list[str], meta: dict[str, Any], *,
-                 seed: int = 0, n_resamples: int = 2000) -> dict[str, Any]:
+                 seed: int = 0, n_resamples: int = 2000, references: bool = True) -> dict[str, Any]:
     """Write summary.json, report.md, matrix.png and report.html (REPORT_FILES) into out_dir; returns the summary.
+
+    references=False: the question file has no reference answers; the summary then lists `skipped_metrics`.
 
     Plain writes: out_dir is a new folder that is renamed into place as a whole (files.atomic_dir), which is
     what keeps the previous report intact when a write fails.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    summary = summarize(records, configs, seed=seed, n_resamples=n_resamples)
+    summary = summarize(records, configs, seed=seed, n_resamples=n_resamples, references=references)
+    summary["skipped_metrics"] = [] if references else skipped_metrics(records, meta)
     markdown = render_markdown(summary, records, meta)
     png = render_png(summary)
     files = {
