@@ -93,5 +93,8 @@ def threshold(setting: float | str, manifest: dict[str, Any]) -> float:
     """The threshold in force: a number given in the config, else the index's calibration, else the fallback."""
     if setting != "auto":
         return float(setting)
+    # The calibrated cut was fitted on the BASE embedder's question vectors (ingest). With a tuned query encoder
+    # (retrieval.query_encoder_weights) the question side moved, so this cut is only approximately right there;
+    # recalibrating for a tuned encoder is not done yet.
     calibrated = (manifest.get("abstention") or {}).get("threshold")
     return float(calibrated) if isinstance(calibrated, int | float) else FALLBACK_THRESHOLD

@@ -464,6 +464,43 @@ def rerank_train_cmd(config_path, overrides, data, index_name, output, base, neg
     train_reranker(cfg)
 
 
+@cli.group("query-encoder")
+def query_encoder_group() -> None:
+    """Tune the question side of the embedder on the index's fixed passage vectors (retrieval.query_encoder_weights)."""
+
+
+@query_encoder_group.command("train")
+@_config_options
+@click.option("--data", multiple=True, help="Q&A file(s) with gold_passage_ids (default: train.data); the train/"
+                                            "validation split is train.split_by, train.val_fraction, train.seed.")
+@click.option("--index", "index_name", help="Index whose passage vectors the questions are tuned to (default "
+                                            "index.name).")
+@click.option("--output", help="Query encoder folder (default query_encoders/default).")
+@click.option("--epochs", type=int, help="Passes over the training questions (default 3).")
+@click.option("--lr", type=float, help="Learning rate (default 4e-5).")
+@click.option("--temperature", type=float, help="Softmax temperature over the cosines (default 0.05).")
+@click.option("--seed", type=int, help="Random seed (question order, dropout).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N.")
+@click.option("--overwrite", is_flag=True, help="Replace --output even if it is not a ragqa query encoder folder "
+                                                 "(everything in it is deleted).")
+def query_encoder_train_cmd(config_path, overrides, data, index_name, output, epochs, lr, temperature, seed, device,
+                            overwrite) -> None:
+    """Fine-tune the embedder's question side so training questions land nearest their gold passages' vectors.
+
+    \b
+    Passages keep the vectors the index holds (no re-embedding, no extra query latency). Use the result with
+      ragqa ask --set retrieval.query_encoder_weights=default "How is scabies treated?"
+    """
+    cfg = _build_config(config_path, overrides, {
+        "train.data": list(data) if data else None, "index.name": index_name, "query_encoder.output": output,
+        "query_encoder.epochs": epochs, "query_encoder.lr": lr, "query_encoder.temperature": temperature,
+        "query_encoder.seed": seed, "model.device": device,
+    })
+    from ragqa.query_tuning.train import train_query_encoder
+
+    train_query_encoder(cfg, overwrite=overwrite)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit, never a traceback."""
     try:

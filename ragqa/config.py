@@ -146,6 +146,16 @@ class RetrievalConfig(_Section):
     ~3x sooner on CPU), torch, or auto = onnx on CPU where it works, torch otherwise."""
     rerank_backend: Literal["auto", "onnx", "torch"] = "auto"
     """How the cross-encoder runs: the same choice as query_encoder (onnx checked against torch before use)."""
+    query_encoder_weights: str = "none"
+    """Which weights embed the QUESTIONS: none (the index's embedder), or a query encoder tuned on the index's
+    fixed passage vectors by `ragqa query-encoder train` (`default` = query_encoders/default, another name from
+    `ragqa models`, or its folder). Passages keep the vectors the index holds; refused unless it was tuned from
+    the weights that built the index. Note: the calibrated abstain_below=auto cut was fitted for the base encoder."""
+
+    @field_validator("query_encoder_weights", mode="before")
+    @classmethod
+    def _none_is_off(cls, value: Any) -> Any:
+        return "none" if value is None or (isinstance(value, str) and not value.strip()) else value
 
 
 class LoraConfig(_Section):
@@ -313,6 +323,28 @@ class RerankConfig(_Section):
     seed: int = 0
 
 
+class QueryEncoderConfig(_Section):
+    """`ragqa query-encoder train`: fine-tune the QUESTION side of the index's embedder against the index's fixed
+    passage vectors (used with retrieval.query_encoder_weights).
+
+    Questions and their split come from the train section (train.data, train.split_by, train.val_fraction,
+    train.seed), so the validation questions are never trained on. Loss: a softmax over ALL chunk vectors of the
+    index (index.name), with the chunks of each question's gold documents as positives."""
+
+    output: str = "query_encoders/default"
+    epochs: int = Field(3, gt=0)
+    lr: float = Field(4e-5, gt=0.0, lt=1.0)
+    temperature: float = Field(0.05, gt=0.0, le=1.0)
+    """Softmax temperature over the cosines (0.05: a cosine gap of 0.05 is a factor e in probability)."""
+    batch_size: int = Field(32, gt=0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_questions: int | None = Field(None, gt=0)
+    """Train on at most this many (seeded) of the training questions (None: all)."""
+    eval_questions: int = Field(200, ge=0)
+    """Validation questions scored for the card (base vs tuned recall@1 and MRR@10, dense and hybrid); 0 skips."""
+    seed: int = 0
+
+
 class EvalSettings(_Section):
     """`ragqa eval` (the ablation matrix)."""
 
@@ -337,6 +369,7 @@ class Config(_Section):
     ask: AskConfig = Field(default_factory=AskConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
+    query_encoder: QueryEncoderConfig = Field(default_factory=QueryEncoderConfig)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
     def to_dict(self) -> dict[str, Any]:

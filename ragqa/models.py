@@ -337,4 +337,15 @@ def describe_registry() -> None:
         before, after = val.get("first_stage", {}).get("mrr@10"), val.get("reranked", {}).get("mrr@10")
         note += f", validation MRR@10 {before:.3f} -> {after:.3f}" if before is not None and after is not None else ""
         table.add_row(plain(name), "reranker", plain(path), "-", plain(note))
+    from ragqa.query_tuning.registry import trained_query_encoders
+
+    for name, path, card in trained_query_encoders():
+        base = card.get("base") if isinstance(card.get("base"), dict) else {}
+        dense = card.get("metrics", {}).get("validation", {}).get("dense", {})
+        note = f"tuned query encoder from {base.get('embedder', '?')}"
+        before, after = dense.get("base", {}).get("recall@1"), dense.get("tuned", {}).get("recall@1")
+        note += f", validation dense recall@1 {before:.3f} -> {after:.3f}" if before is not None and after is not None \
+            else ""
+        note += f" (index {card.get('index', {}).get('path', '?')}; retrieval.query_encoder_weights={name})"
+        table.add_row(plain(name), "query encoder", plain(path), "-", plain(note))
     Console().print(table)

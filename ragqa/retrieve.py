@@ -39,7 +39,7 @@ class Retriever:
 
     def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], store: VectorStore, bm25,
                  embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20,
-                 query_encoder: str = "auto", rerank_backend: str = "auto"):
+                 query_encoder: str = "auto", rerank_backend: str = "auto", query_model=None):
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -56,16 +56,23 @@ class Retriever:
         self.rerank_backend = rerank_backend
         self.query_backend = query_encoder
         self._query_encoder = None  # built on the first query: loads that never search pay nothing for it
+        self.query_model = query_model
+        """The tuned query encoder (retrieval.query_encoder_weights, ragqa.query_tuning) that embeds questions,
+        or None: the index's embedder does. Passages always keep the vectors the index holds. The calibrated
+        abstention cut (retrieval.abstain_below=auto, in the manifest) was fitted on the base embedder's
+        question vectors, so with a tuned encoder its cosines are on a slightly different scale."""
 
     @classmethod
     def load(cls, index: str | Path, embedder: str | None = None, device: str = "auto", *,
              embedder_model=None, verify: bool = True, query_encoder: str = "auto", rerank_backend: str = "auto",
-             **options: int) -> Retriever:
+             query_encoder_weights: str | None = None, **options: int) -> Retriever:
         """Load indexes/NAME (or a directory), checking checksums, counts and the embedder.
 
         embedder: the name the caller expects (a mismatch with the index is an error, never silent garbage).
         embedder_model: an already loaded SentenceTransformer to reuse. query_encoder: auto|onnx|torch
         (ragqa.query_encoder); rerank_backend: the same for the cross-encoder (ragqa.rerank.model).
+        query_encoder_weights: none, or a tuned query encoder (`default`, a name or a folder; ragqa.query_tuning)
+        that embeds the questions; refused unless it was tuned from the weights that built the index.
         options: rrf_k, fusion_candidates, rerank_candidates.
         """
         name = str(index)
@@ -95,11 +102,16 @@ class Retriever:
             if dim != manifest["embedder"]["dim"]:
                 raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
                                  f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
+            query_model = None
+            if query_encoder_weights not in (None, "", "none"):
+                from ragqa.query_tuning.model import load_query_encoder_weights
+
+                _, query_model = load_query_encoder_weights(query_encoder_weights, where, manifest, embedder_model)
         except BaseException:
             store.close()  # a Qdrant local store holds its folder's lock while open
             raise
         return cls(where, manifest, chunks, store, bm25, embedder_model, query_encoder=query_encoder,
-                   rerank_backend=rerank_backend, **options)
+                   rerank_backend=rerank_backend, query_model=query_model, **options)
 
     @classmethod
     def from_config(cls, cfg) -> Retriever:
@@ -107,7 +119,8 @@ class Retriever:
         r = cfg.retrieval
         return cls.load(cfg.index.name, embedder=cfg.model.embedder, device=cfg.model.device, rrf_k=r.rrf_k,
                         fusion_candidates=r.fusion_candidates, rerank_candidates=r.rerank_candidates,
-                        query_encoder=r.query_encoder, rerank_backend=r.rerank_backend)
+                        query_encoder=r.query_encoder, rerank_backend=r.rerank_backend,
+                        query_encoder_weights=r.query_encoder_weights)
 
     def __len__(self) -> int:
         return len(self._chunks)
@@ -118,17 +131,24 @@ class Retriever:
                        source=c["source"], url=c["url"], position=c["position"], score=score,
                        scores=scores or {})
 
+    def rows_of(self, doc_id: str) -> list[int]:
+        """The store rows (positions in `store.vectors()`) of one document's chunks ([] for an unknown id)."""
+        return list(self._by_doc.get(doc_id, []))
+
     def chunks_of(self, doc_id: str) -> list[Passage]:
         """All chunks of one source document, in order ([] for an unknown id)."""
         return [self._passage(row) for row in self._by_doc.get(doc_id, [])]
 
     @property
     def query_encoder(self):
-        """The query embedding backend (ragqa.query_encoder), chosen on first use."""
+        """The query embedding backend (ragqa.query_encoder) of the tuned query encoder when there is one, of the
+        index's embedder otherwise; chosen on first use (an ONNX export is keyed by, and checked against, the
+        weights it runs)."""
         if self._query_encoder is None:
             from ragqa.query_encoder import load_query_encoder
 
-            self._query_encoder = load_query_encoder(self.embedder, self.query_backend)
+            model = self.query_model if self.query_model is not None else self.embedder
+            self._query_encoder = load_query_encoder(model, self.query_backend)
         return self._query_encoder
 
     @query_encoder.setter
