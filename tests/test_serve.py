@@ -437,3 +437,11 @@ def test_serve_input_errors_are_one_line_and_fast(tmp_path):
             assert time.monotonic() - start < 20, "no model is loaded before the inputs are checked"
     finally:
         taken.close()
+
+
+def test_cli_max_batch_default_is_the_servers():
+    from ragqa.cli import serve_cmd
+    from ragqa.serve import DEFAULT_MAX_BATCH
+
+    option = next(p for p in serve_cmd.params if p.name == "max_batch")
+    assert option.default == DEFAULT_MAX_BATCH > 1, "batching is on by default, with one number for both"
