@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,17 +98,27 @@ def quantize_int8(model):
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
-def _StopWhenSet(events: list[threading.Event]):  # noqa: N802 - a class factory, so transformers loads lazily
-    """A StoppingCriteria finishing each row whose event is set: generate() checks it after every token, and a
-    per-row answer lets the other rows of a batch go on."""
-    import torch
-    from transformers import StoppingCriteria
+def _per_row(on_token, n: int, name: str) -> list | None:
+    """None, or one callable-or-None per row: a bare callable streams a single row."""
+    if on_token is None:
+        return None
+    if callable(on_token):
+        if n != 1:
+            raise ValueError(f"{name} streams one answer: pass a single question (or one callback per question)")
+        return [on_token]
+    rows = list(on_token)
+    if len(rows) != n:
+        raise ValueError(f"{name} needs one callback (or None) per question")
+    return rows if any(cb is not None for cb in rows) else None
 
-    class StopWhenSet(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return torch.tensor([e.is_set() for e in events], dtype=torch.bool, device=input_ids.device)
 
-    return StopWhenSet()
+def _budgets(max_new_tokens: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * n
+    budgets = [int(b) for b in max_new_tokens]
+    if len(budgets) != n or min(budgets, default=1) < 1:
+        raise ValueError("max_new_tokens needs one budget >= 1 per question")
+    return budgets
 
 
 class Pipeline:
@@ -270,20 +280,21 @@ class Pipeline:
         k: int | None = None,
         use_adapter: bool = True,
         disclaimer: bool | None = None,
-        on_token: Callable[[str], None] | None = None,
-        max_new_tokens: int | None = None,
+        on_token: Callable[[str], None] | Sequence[Callable[[str], None] | None] | None = None,
+        max_new_tokens: int | Sequence[int] | None = None,
         stops: list[threading.Event] | None = None,
     ) -> list[Answer]:
         """Answer several questions: retrieval one by one, then one left-padded `generate` call for all that
-        do not abstain (eval uses it: ~2.6x the answers per second of one at a time on 2 CPU cores at 16).
-        Greedy tokens can differ from a lone question's where padding changes float rounding. on_token
-        streams text pieces and needs a single question. max_new_tokens overrides ask.max_new_tokens; stops,
-        one event per question, end that question's generation early when set (the rest of a batch goes on)."""
+        do not abstain (eval and `ragqa serve` use it: ~2.6x the answers per second of one at a time on 2 CPU
+        cores at 16). Greedy tokens can differ from a lone question's where padding changes float rounding.
+        on_token streams text pieces: a callable for a single question, or one callable (or None) per question.
+        max_new_tokens overrides ask.max_new_tokens, for all or per question; stops, one event per question,
+        end that question's generation early when set (the rest of a batch goes on)."""
         mode = retrieval or self.cfg.retrieval.mode
         if mode not in RETRIEVAL_MODES:
             raise RagqaError(f"retrieval mode '{mode}' is not one of {', '.join(RETRIEVAL_MODES)}")
-        if on_token is not None and len(questions) != 1:
-            raise ValueError("on_token streams one answer: pass a single question")
+        callbacks = _per_row(on_token, len(questions), "on_token")
+        budgets = _budgets(max_new_tokens or self.cfg.ask.max_new_tokens, len(questions))
         if stops is not None and len(stops) != len(questions):
             raise ValueError("stops needs one event per question")
         k = k or self.cfg.retrieval.k
@@ -313,15 +324,16 @@ class Pipeline:
         if to_generate:
             prompts = [self.prompt_for(questions[i], passages, mode) for i, passages, _ in to_generate]
             row_stops = None if stops is None else [stops[i] for i, _, _ in to_generate]
-            generated = self._generate(prompts, adapter is not None, on_token, max_new_tokens, row_stops)
+            row_callbacks = None if callbacks is None else [callbacks[i] for i, _, _ in to_generate]
+            generated = self._generate(prompts, adapter is not None, row_callbacks,
+                                       [budgets[i] for i, _, _ in to_generate], row_stops)
             for (i, passages, timings), (raw, gen_timings) in zip(to_generate, generated, strict=True):
                 timings.update(gen_timings)
                 cleaned = clean_citations(raw, len(passages))
                 answer = Answer(questions[i], cleaned.text, passages, cleaned.cited, cleaned.removed, False,
                                 mode, adapter, timings, note, engine=self.engine_name)
                 if verify:
-                    budget = max_new_tokens or self.cfg.ask.max_new_tokens
-                    self._check(answer, mode, cut_off=timings.get("new_tokens", 0) >= budget)
+                    self._check(answer, mode, cut_off=timings.get("new_tokens", 0) >= budgets[i])
                 timings["total_s"] = round(timings["retrieve_s"] + timings["generate_s"]
                                            + timings.get("verify_s", 0.0), 4)
                 answers[i] = answer
@@ -343,30 +355,44 @@ class Pipeline:
         else:
             answer.answer, answer.citations, answer.abstained = ABSTAIN_TEXT, [], True
 
-    def _generate(self, prompts: list[str], use_adapter: bool, on_token, max_new_tokens: int | None = None,
+    def _generate(self, prompts: list[str], use_adapter: bool, on_token=None,
+                  max_new_tokens: int | Sequence[int] | None = None,
                   stops: list[threading.Event] | None = None) -> list[tuple[str, dict[str, float]]]:
-        """Generate for the prompts: a lone prompt streams (on_token, time to first token), several run as one
-        left-padded batch. Returns (text, timings) per prompt; a batch's generate_s is each answer's share.
-        A row whose event in `stops` is set is finished at the next step, as if it had produced its end token."""
+        """Generate for the prompts in one left-padded `generate` call (one prompt is a batch of one).
+
+        on_token: a callable (one prompt), or one callable or None per prompt: text pieces as they are generated.
+        max_new_tokens: one budget for all, or one per prompt (a row ends at its own; the call at the largest).
+        stops: one event per prompt; a row whose event is set ends at the next token (the others go on).
+        Returns (text, timings) per prompt; a batch's generate_s is each answer's share of the call."""
+        callbacks = _per_row(on_token, len(prompts), "on_token")
+        budgets = _budgets(max_new_tokens or self.cfg.ask.max_new_tokens, len(prompts))
         if self.engine is not None:
-            return self._generate_openvino(prompts, use_adapter, on_token, max_new_tokens, stops)
+            return self._generate_openvino(prompts, use_adapter, callbacks, budgets, stops)
         import contextlib
 
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
+
+        from ragqa.rows import RowState, row_control
 
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                              add_special_tokens=False).to(self.model.device)
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        width = enc["input_ids"].shape[1]
+        state = RowState(self.tokenizer, width, budgets, eos, stops, callbacks)
+        criterion, streamer = row_control(state)
         temperature = self.cfg.ask.temperature
         kwargs = dict(
             **enc,
-            max_new_tokens=max_new_tokens or self.cfg.ask.max_new_tokens,
+            max_new_tokens=max(budgets),
             do_sample=temperature > 0,
             pad_token_id=self.tokenizer.pad_token_id,
             repetition_penalty=1.1,
+            stopping_criteria=StoppingCriteriaList([criterion]),
+            # generate calls put() after every step, in this thread: each row's pieces go to its own callback.
+            streamer=streamer,
         )
-        if stops is not None:
-            kwargs["stopping_criteria"] = StoppingCriteriaList([_StopWhenSet(stops)])
         if self.cfg.ask.static_cache:
             kwargs["cache_implementation"] = "static"
         if temperature > 0:
@@ -378,64 +404,38 @@ class Pipeline:
         adapter_off = (
             self.model.disable_adapter() if (self.adapter and not use_adapter) else contextlib.nullcontext()
         )
-
-        def generate(**extra):
-            with torch.inference_mode(), adapter_off:
-                return self.model.generate(**kwargs, **extra)
-
-        start = time.perf_counter()
-        first = None
-        if len(prompts) == 1:
-            streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            result: dict = {}
-
-            def run() -> None:
-                try:
-                    result["ids"] = generate(streamer=streamer)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
-                    result["error"] = exc
-                    streamer.end()
-
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            for piece in streamer:
-                if first is None and piece:
-                    first = time.perf_counter() - start
-                if on_token:
-                    on_token(piece)
-            thread.join()
-            if "error" in result:
-                raise result["error"]
-            ids = result["ids"]
-        else:
-            ids = generate()
+        start = state.start = time.perf_counter()
+        with torch.inference_mode(), adapter_off:
+            ids = self.model.generate(**kwargs)
         elapsed = time.perf_counter() - start
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
-        width = enc["input_ids"].shape[1]
-        rows = []
-        for row in range(len(prompts)):
-            new = ids[row, width:].tolist()
-            # Finished rows of a batch are padded after their end token: count up to it.
-            n = next((j + 1 for j, token in enumerate(new) if token in eos), len(new))
-            rows.append((new[:n], int(enc["attention_mask"][row].sum())))
+        rows = [(state.new_tokens(row, ids[row, width:].tolist()), int(enc["attention_mask"][row].sum()))
+                for row in range(len(prompts))]
         total_new = sum(len(new) for new, _ in rows)
-        if first is not None:  # streamed: decode speed after the first token
+        first = state.first_token_s[0] if len(prompts) == 1 else None
+        if first is not None:  # one answer: decode speed after the first token
             speed = max(total_new - 1, 0) / max(elapsed - first, 1e-9)
         else:  # batch: generated tokens per second of the whole call
             speed = total_new / max(elapsed, 1e-9)
         shared = {"generate_s": round(elapsed / len(prompts), 4), "tokens_per_s": round(speed, 3),
                   "batch_size": len(prompts)}
-        if len(prompts) == 1:  # a batch has no per-answer first token
-            shared["ttft_s"] = round(first if first is not None else elapsed, 4)
-        return [(self.tokenizer.decode(new, skip_special_tokens=True).strip(),
-                 {"prompt_tokens": prompt_tokens, "new_tokens": len(new), **shared}) for new, prompt_tokens in rows]
+        out = []
+        for row, (new, prompt_tokens) in enumerate(rows):
+            timings = {"prompt_tokens": prompt_tokens, "new_tokens": len(new), **shared}
+            # Time to this row's first token: in a batch, every row waits for the whole batch's prefill.
+            ttft = state.first_token_s[row]
+            timings["ttft_s"] = round(ttft if ttft is not None else elapsed, 4)
+            out.append((self.tokenizer.decode(new, skip_special_tokens=True).strip(), timings))
+        return out
 
-    def _generate_openvino(self, prompts: list[str], use_adapter: bool, on_token, max_new_tokens: int | None = None,
+    def _generate_openvino(self, prompts: list[str], use_adapter: bool, callbacks: list | None, budgets: list[int],
                            stops: list[threading.Event] | None = None) -> list[tuple[str, dict[str, float]]]:
         """_generate on the openvino engine: the same token ids (ragqa's tokenizer, left-padded), the same decoding
         settings and the same timings. A lone prompt streams, checking its stop event after every token; a batch
-        runs to its end (the engine cannot finish one row of a batch early)."""
+        runs to its end with one budget and does not stream (the engine cannot finish one row of a batch early)."""
+        if len(prompts) > 1 and (callbacks is not None or len(set(budgets)) > 1):
+            raise ValueError("the openvino engine streams and takes per-row budgets only for a single prompt")
+        on_token = callbacks[0] if callbacks is not None else None
+        max_new_tokens = budgets[0]
         generator = self.engine.variant(use_adapter)
         enc = self.tokenizer(prompts, return_tensors="np", padding=True, padding_side="left",
                              add_special_tokens=False)
@@ -462,7 +462,7 @@ class Pipeline:
 
         rows = generator.generate(
             enc["input_ids"].astype("int64"), enc["attention_mask"].astype("int64"),
-            max_new_tokens=max_new_tokens or self.cfg.ask.max_new_tokens, eos=eos, repetition_penalty=1.1,
+            max_new_tokens=max_new_tokens, eos=eos, repetition_penalty=1.1,
             temperature=self.cfg.ask.temperature, seed=self.cfg.train.seed,
             on_ids=on_ids if len(prompts) == 1 else None)
         elapsed = time.perf_counter() - start

@@ -2,10 +2,11 @@
 
 One process holds one model. Requests wait in a bounded queue served by a single worker thread (the model
 is not safe to run from two threads at once, and on CPU two generations would only share the same cores).
-With --max-batch N > 1, non-streaming requests that are waiting together are answered by one batched
-`generate` call, the path `ragqa eval` uses (off by default: on 2 CPU cores it measured slower, see
-Engine._next_batch); a streaming request is always generated alone, because the token streamer works one row
-at a time. Scale-out is by replicas: N `ragqa serve` processes can share one read-only index directory.
+Requests waiting together (up to --max-batch) are answered by one left-padded `generate` call, the path
+`ragqa eval` uses: streaming and non-streaming requests alike, each row with its own max_tokens, its own
+token stream and its own stop event (ragqa.rows), so a client that leaves ends only its row. A batch pays in
+decoding (one pass over the weights per step serves every row), not in prefill. Scale-out is by replicas: N
+`ragqa serve` processes can share one read-only index directory.
 
 Only `ragqa serve` imports this module (cli.py imports it inside the command), so fastapi loads here at the top.
 Everything that comes in over HTTP is data: the question is cleaned like `ragqa ask`'s, the page inserts
@@ -44,6 +45,8 @@ MODEL_ID = "ragqa"
 MAX_BODY_BYTES = 64 * 1024
 """A question is at most 2,000 characters; 64 KiB leaves room for a chat history and refuses floods."""
 MAX_TOKENS_LIMIT = 1024
+DEFAULT_MAX_BATCH = 8
+"""Most requests answered by one generate call (--max-batch): see benchmarks/serve.py for the measured gain."""
 STATIC = Path(__file__).parent / "static"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -119,13 +122,14 @@ class Job:
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future
     tokens: asyncio.Queue | None = None
-    """Streaming jobs get their text pieces here; None: answer in one piece (batchable)."""
+    """Streaming jobs get their text pieces here; None: answer in one piece."""
     cancel: threading.Event = field(default_factory=threading.Event)
     queued_at: float = field(default_factory=time.perf_counter)
 
     @property
     def batch_key(self) -> tuple:
-        return (self.mode, self.k, self.max_tokens)
+        """Jobs batch together when they retrieve alike (answer_batch takes one mode and k for all rows)."""
+        return (self.mode, self.k)
 
 
 def _settle(job: Job, result: Any = None, error: BaseException | None = None) -> None:
@@ -146,9 +150,8 @@ class Engine:
     """The loaded pipeline, a bounded queue of jobs and the one thread that runs them."""
 
     def __init__(self, cfg: Config, adapter: str | None, max_queue: int, max_batch: int, batch_window_s: float,
-                 metrics: Metrics, batch_min_tokens: int = 32):
+                 metrics: Metrics):
         self.cfg, self.adapter = cfg, adapter
-        self.batch_min_tokens = batch_min_tokens
         self.max_queue, self.max_batch, self.batch_window_s = max_queue, max_batch, batch_window_s
         self.metrics = metrics
         self.pipe: Pipeline | None = None
@@ -157,7 +160,7 @@ class Engine:
         self.cond = threading.Condition()
         self.closing = False
         self.job_s = 2.0
-        """Moving average of one job's run time, for Retry-After."""
+        """Moving average of one job's share of its generate call's time, for Retry-After."""
 
     # loading ---------------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -183,7 +186,8 @@ class Engine:
         with self.cond:
             if len(self.pending) >= self.max_queue:
                 self.metrics.errors.labels("queue_full").inc()
-                wait = max(1, math.ceil(self.job_s * (len(self.pending) / self.max_batch + 1)))
+                # The time to answer the queue: job_s is already each answer's share of its batch.
+                wait = max(1, math.ceil(self.job_s * (len(self.pending) + 1)))
                 raise ApiError(503, f"the server is busy ({len(self.pending)} requests queued): retry in {wait} s",
                                code="queue_full", headers={"Retry-After": str(wait)})
             self.pending.append(job)
@@ -198,21 +202,17 @@ class Engine:
             self.cond.notify_all()
 
     def _next_batch(self) -> list[Job] | None:
-        """The oldest job, plus (for a non-streaming one) the other waiting non-streaming jobs of the same
-        settings, after a short window for requests arriving together. Only answers of at least
-        batch_min_tokens are batched: a batch pays in decoding (memory-bound: one pass over the weights serves
-        every row), not in prefill (compute-bound); on 2 CPU cores 5 questions with 4 new tokens each took
-        105 s as one batch and 46 s one at a time, and benchmarks/serve.py measured batches of four 32-token
-        answers at 0.34x the answers/s of one at a time (a loaded machine), so `ragqa serve` batches only
-        when --max-batch is raised (eval's 2.6x was measured at 80 tokens on a quiet machine)."""
+        """The oldest job, plus the other waiting jobs it can share a generate call with, after a short window
+        for requests arriving together. On the openvino engine only non-streaming jobs of one max_tokens batch
+        (it streams, and ends rows early, only for a lone prompt)."""
         with self.cond:
             while not self.pending and not self.closing:
                 self.cond.wait()
             if self.closing:
                 return None
             first = self.pending.popleft()
-        batchable = first.tokens is None and self.max_batch > 1 and first.max_tokens >= self.batch_min_tokens
-        if batchable and self.batch_window_s > 0:
+        batchable = self.max_batch > 1 and self._batchable(first, first)
+        if batchable and self.batch_window_s > 0 and len(self.pending) < self.max_batch - 1:
             time.sleep(self.batch_window_s)
         batch = [first]
         with self.cond:
@@ -220,11 +220,18 @@ class Engine:
                 for job in list(self.pending):
                     if len(batch) >= self.max_batch:
                         break
-                    if job.tokens is None and job.batch_key == first.batch_key:
+                    if self._batchable(first, job):
                         self.pending.remove(job)
                         batch.append(job)
             self.metrics.queue_depth.set(len(self.pending))
         return batch
+
+    def _batchable(self, first: Job, job: Job) -> bool:
+        if job.batch_key != first.batch_key:
+            return False
+        if self.pipe is not None and self.pipe.engine is not None:
+            return job.tokens is None and first.tokens is None and job.max_tokens == first.max_tokens
+        return True
 
     def _work(self) -> None:
         while True:
@@ -252,22 +259,26 @@ class Engine:
         assert self.pipe is not None
         first = jobs[0]
         self.metrics.batch_size.observe(len(jobs))
-        if first.tokens is not None:
-            queue = first.tokens
-
-            def on_token(piece: str) -> None:
-                if piece:
-                    first.loop.call_soon_threadsafe(queue.put_nowait, piece)
-
-            answers = [self.pipe.answer(first.question, retrieval=first.mode, k=first.k, on_token=on_token,
-                                        max_new_tokens=first.max_tokens, stop=first.cancel)]
-        else:
-            answers = self.pipe.answer_batch([job.question for job in jobs], retrieval=first.mode, k=first.k,
-                                             max_new_tokens=first.max_tokens, stops=[job.cancel for job in jobs])
+        answers = self.pipe.answer_batch([job.question for job in jobs], retrieval=first.mode, k=first.k,
+                                         on_token=[_stream_to(job) for job in jobs],
+                                         max_new_tokens=[job.max_tokens for job in jobs],
+                                         stops=[job.cancel for job in jobs])
         for job, answer in zip(jobs, answers, strict=True):
             self.metrics.tokens.labels("completion").inc(answer.timings.get("new_tokens", 0))
             self.metrics.tokens.labels("prompt").inc(answer.timings.get("prompt_tokens", 0))
             _settle(job, answer)
+
+
+def _stream_to(job: Job):
+    """The callback handing a streaming job's text pieces to its event loop (None for a non-streaming job)."""
+    if job.tokens is None:
+        return None
+    queue, loop = job.tokens, job.loop
+
+    def on_token(piece: str) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, piece)
+
+    return on_token
 
 
 # ---- metrics ---------------------------------------------------------------------------------------------
@@ -374,10 +385,10 @@ def _sources(answer: Answer) -> list[dict]:
 
 
 def create_app(cfg: Config, adapter: str | None = None, api_key: str | None = None, max_queue: int = 64,
-               max_batch: int = 1, batch_window_s: float = 0.005, cors_origins: tuple[str, ...] = (),
-               load_in_background: bool = True, batch_min_tokens: int = 32):
+               max_batch: int = DEFAULT_MAX_BATCH, batch_window_s: float = 0.005, cors_origins: tuple[str, ...] = (),
+               load_in_background: bool = True):
     metrics = Metrics()
-    engine = Engine(cfg, adapter, max_queue, max_batch, batch_window_s, metrics, batch_min_tokens)
+    engine = Engine(cfg, adapter, max_queue, max_batch, batch_window_s, metrics)
     served_max = cfg.ask.max_new_tokens
     key = api_key.encode() if api_key else None
 
@@ -594,12 +605,12 @@ def create_app(cfg: Config, adapter: str | None = None, api_key: str | None = No
 
 
 def run(cfg: Config, adapter: str | None, host: str, port: int, api_key: str | None, max_queue: int,
-        max_batch: int, cors_origins: tuple[str, ...], batch_min_tokens: int = 32) -> None:
+        max_batch: int, cors_origins: tuple[str, ...]) -> None:
     """Entry point of `ragqa serve` (inputs checked by cli.py): serve until Ctrl-C; exit 2 if loading fails."""
     import uvicorn
 
     app = create_app(cfg, adapter=adapter, api_key=api_key, max_queue=max_queue, max_batch=max_batch,
-                     cors_origins=cors_origins, batch_min_tokens=batch_min_tokens)
+                     cors_origins=cors_origins)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                                            timeout_graceful_shutdown=5))
     engine: Engine = app.state.engine

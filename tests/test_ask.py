@@ -165,3 +165,27 @@ def test_batch_answers_keep_order_abstain_and_match_single_answers(pipeline):
     assert batch[2].answer == pipeline.answer(questions[2]).answer
     with pytest.raises(ValueError, match="single question"):
         pipeline.answer_batch(questions, on_token=print)
+
+
+def test_batch_streams_each_row_with_its_own_budget_and_stop(pipeline):
+    """One generate call: row 0 streams with budget 6, row 1 is answered in one piece with budget 12, row 2's
+    stop event is set once it has streamed two pieces (a client leaving); each row's tokens are its own."""
+    import threading
+
+    questions = ["How is scabies treated?", "What causes cold sores?", "How is psoriasis treated?"]
+    streamed: list[list[str]] = [[], [], []]
+    stop = threading.Event()
+
+    def leave_after_two(piece: str) -> None:
+        streamed[2].append(piece)
+        if len(streamed[2]) == 2:
+            stop.set()
+
+    batch = pipeline.answer_batch(questions, on_token=[streamed[0].append, None, leave_after_two],
+                                  max_new_tokens=[6, 12, 48], stops=[None, None, stop])
+    assert [a.timings["batch_size"] for a in batch] == [3, 3, 3]
+    assert batch[0].timings["new_tokens"] <= 6 and batch[1].timings["new_tokens"] <= 12
+    assert 2 <= batch[2].timings["new_tokens"] <= 4, "stopped at the token after the event, not at 48"
+    assert "".join(streamed[0]).strip() == batch[0].answer and streamed[1] == []
+    assert batch[0].answer == pipeline.answer(questions[0], max_new_tokens=6).answer
+    assert batch[1].answer == pipeline.answer(questions[1], max_new_tokens=12).answer

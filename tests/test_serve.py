@@ -57,7 +57,7 @@ def server(index_dir, tmp_path_factory):
          # tests are about the API (the check itself is tested in test_check.py).
          "--api-key-env", "RAGQA_TEST_KEY", "--set", "ask.max_new_tokens=8", "--set", "ask.threads=2",
          "--set", "ask.verify=false",
-         "--max-batch", "4", "--batch-min-tokens", "2"],  # batch even the tests' tiny answers, to test batching cheaply
+         "--max-batch", "4"],
         cwd=ROOT, env={**os.environ, "RAGQA_TEST_KEY": KEY}, stdout=log, stderr=subprocess.STDOUT)
     url, seen = f"http://127.0.0.1:{port}", []
     deadline = time.monotonic() + 300
@@ -249,6 +249,68 @@ def test_concurrent_requests_are_batched(server):
     assert calls < len(questions), "requests waiting together share one generate call"
 
 
+def _queued(url: str) -> int:
+    return httpx.get(f"{url}/healthz", timeout=30).json()["queue"]
+
+
+def test_concurrent_stream_and_answer_share_one_batch_and_each_gets_its_own_tokens(server):
+    """A streaming chat request and a /v1/ask request waiting together are generated in one batch (rows of
+    different prompt lengths and max_tokens), and each gets the greedy answer it gets alone, the stream token by
+    token. The old server generated every streaming request alone."""
+    url, _ = server
+    stream_q, ask_q = "How is scabies treated?", "What are the usual triggers of an eczema flare in adults?"
+
+    def stream(question: str, max_tokens: int) -> tuple[list[str], str]:
+        pieces, final = [], None
+        body = {"model": "ragqa", "max_tokens": max_tokens, "stream": True,
+                "messages": [{"role": "user", "content": question}]}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=_auth(), timeout=300) as res:
+            assert res.status_code == 200
+            for line in res.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    pieces += [event["choices"][0]["delta"]["content"]] if event["choices"][0]["delta"].get(
+                        "content") else []
+                    final = event.get("answer", final)
+        return pieces, final
+
+    def ask(question: str, max_tokens: int) -> dict:
+        res = httpx.post(f"{url}/v1/ask", json={"question": question, "max_tokens": max_tokens}, headers=_auth(),
+                         timeout=300)
+        assert res.status_code == 200, res.text
+        return res.json()
+
+    alone_stream, alone_ask = stream(stream_q, 8), ask(ask_q, 5)
+    assert alone_ask["timings"]["batch_size"] == 1
+
+    # Keep the generator busy with a long answer, queue the two requests behind it, then leave: they are next.
+    results: dict = {}
+    body = {"model": "ragqa", "max_tokens": 400, "stream": True,
+            "messages": [{"role": "user", "content": "Describe scabies, its symptoms, causes, treatment and "
+                                                     "prevention in as much detail as you can."}]}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=_auth(), timeout=300) as blocker:
+        for line in blocker.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break  # generating now
+        threads = [threading.Thread(target=lambda: results.update(stream=stream(stream_q, 8))),
+                   threading.Thread(target=lambda: results.update(ask=ask(ask_q, 5)))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        while _queued(url) < 2:
+            assert time.monotonic() < deadline, "the two requests never queued"
+            time.sleep(0.1)
+    for t in threads:
+        t.join()
+    pieces, streamed_final = results["stream"]
+    together = results["ask"]
+    assert together["timings"]["batch_size"] == 2, "the ask waited beside the stream and shared its generate call"
+    assert 0 < together["timings"]["new_tokens"] <= 5, "its own max_tokens, not the stream's 8"
+    assert together["answer"] == alone_ask["answer"]
+    assert len(pieces) >= 2, "the batched stream still arrives token by token"
+    assert pieces == alone_stream[0] and streamed_final == alone_stream[1]
+
+
 def test_client_disconnect_stops_generation(server):
     url, _ = server
     completion = 'ragqa_tokens_total{kind="completion"}'
@@ -375,3 +437,11 @@ def test_serve_input_errors_are_one_line_and_fast(tmp_path):
             assert time.monotonic() - start < 20, "no model is loaded before the inputs are checked"
     finally:
         taken.close()
+
+
+def test_cli_max_batch_default_is_the_servers():
+    from ragqa.cli import serve_cmd
+    from ragqa.serve import DEFAULT_MAX_BATCH
+
+    option = next(p for p in serve_cmd.params if p.name == "max_batch")
+    assert option.default == DEFAULT_MAX_BATCH > 1, "batching is on by default, with one number for both"
