@@ -14,21 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-
-def _questions(n: int) -> list[str]:
-    rows = [json.loads(line) for line in (ROOT / "corpora/starter/qa.jsonl").read_text().splitlines() if line]
-    return [r["question"] for r in rows[:: max(1, len(rows) // n)][:n]]
+from workload import LLAMA_CPP_MISSING, llama_cpp, prompts, questions, summary
 
 
 def _fresh_adapter(cfg, out: Path) -> str:
@@ -43,44 +32,10 @@ def _fresh_adapter(cfg, out: Path) -> str:
     return str(out)
 
 
-def _summ(rows: list[dict]) -> dict:
-    return {
-        "ttft_s_median": round(statistics.median(r["ttft_s"] for r in rows), 4),
-        "tokens_per_s_median": round(statistics.median(r["tokens_per_s"] for r in rows), 2),
-        "prompt_tokens_mean": round(statistics.mean(r["prompt_tokens"] for r in rows), 1),
-        "new_tokens_mean": round(statistics.mean(r["new_tokens"] for r in rows), 1),
-        "n": len(rows),
-    }
-
-
-def _run_pipeline(pipe, questions, k, use_adapter: bool = True) -> list[dict]:
-    pipe.answer(questions[0], k=k, use_adapter=use_adapter)  # warm-up (first-call allocations)
-    answers = (pipe.answer(q, k=k, use_adapter=use_adapter) for q in questions)
+def _run_pipeline(pipe, asked, k, use_adapter: bool = True) -> list[dict]:
+    pipe.answer(asked[0], k=k, use_adapter=use_adapter)  # warm-up (first-call allocations)
+    answers = (pipe.answer(q, k=k, use_adapter=use_adapter) for q in asked)
     return [a.timings for a in answers if not a.abstained]
-
-
-def _llama_cpp(prompts: list[str], max_new: int, threads: int) -> dict | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    from ragqa.models import resolve
-
-    llm = Llama(model_path=resolve("smollm2-135m").location, n_ctx=4096, n_threads=threads, verbose=False)
-    rows = []
-    for i, prompt in enumerate([prompts[0], *prompts]):
-        start = time.perf_counter()
-        first, n = None, 0
-        for _ in llm.create_completion(prompt, max_tokens=max_new, temperature=0.0, stream=True,
-                                       repeat_penalty=1.1):
-            if first is None:
-                first = time.perf_counter() - start
-            n += 1
-        total = time.perf_counter() - start
-        if i:  # skip the warm-up
-            rows.append({"ttft_s": first, "tokens_per_s": (n - 1) / max(total - first, 1e-9),
-                         "prompt_tokens": len(llm.tokenize(prompt.encode(), special=True)), "new_tokens": n})
-    return _summ(rows)
 
 
 def main() -> None:
@@ -100,25 +55,24 @@ def main() -> None:
     cfg = load_config(None, [f"index.name={args.index}", f"retrieval.k={args.k}",
                              f"ask.max_new_tokens={args.max_new_tokens}", "ask.disclaimer=false",
                              "retrieval.abstain_below=-1"])
-    questions = _questions(args.questions)
+    asked = questions(args.questions)
     result: dict = {"k": args.k, "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-                    "device": "cpu", "questions": len(questions)}
+                    "device": "cpu", "questions": len(asked)}
     with tempfile.TemporaryDirectory() as tmp:
         adapter = args.adapter or _fresh_adapter(cfg, Path(tmp) / "adapter")
         result["adapter"] = args.adapter or "fresh LoRA (untrained; same compute as a trained one)"
         pipe = Pipeline(cfg, adapter=adapter)
-        result["base"] = _summ(_run_pipeline(pipe, questions, args.k, use_adapter=False))
-        result["adapter_unmerged"] = _summ(_run_pipeline(pipe, questions, args.k))
+        result["base"] = summary(_run_pipeline(pipe, asked, args.k, use_adapter=False))
+        result["adapter_unmerged"] = summary(_run_pipeline(pipe, asked, args.k))
         pipe.model = pipe.model.merge_and_unload()
         pipe.adapter = None
-        result["adapter_merged"] = _summ(_run_pipeline(pipe, questions, args.k))
+        result["adapter_merged"] = summary(_run_pipeline(pipe, asked, args.k))
         int8 = Pipeline(cfg.model_copy(update={"ask": cfg.ask.model_copy(update={"quantize": "int8"})}))
-        result["base_int8"] = _summ(_run_pipeline(int8, questions, args.k))
-        prompts = [pipe.prompt_for(q, pipe.retrieve(q, cfg.retrieval.mode, args.k), cfg.retrieval.mode)
-                   for q in questions]
-    llama = _llama_cpp(prompts, args.max_new_tokens, torch.get_num_threads())
+        result["base_int8"] = summary(_run_pipeline(int8, asked, args.k))
+        texts = prompts(pipe, asked, args.k)
+    llama = llama_cpp(cfg.model.base, texts, args.max_new_tokens, torch.get_num_threads())
     if llama is None:
-        result["llama_cpp"] = "not installed (pip install llama-cpp-python builds it from source)"
+        result["llama_cpp"] = LLAMA_CPP_MISSING
     else:
         result["llama_cpp"] = llama
         result["ratio_tokens_per_s_vs_llama_cpp"] = {

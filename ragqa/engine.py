@@ -10,9 +10,11 @@ Why our own export: optimum-intel's exporter pins transformers<5.6 (ragqa runs 5
 does not match torch. The export here uses only openvino and nncf, which depend on neither: the loaded transformers
 model (an adapter merged into it first, with peft's merge_and_unload) is traced by `openvino.convert_model` with
 its KV cache as explicit inputs and outputs, made stateful the way OpenVINO GenAI expects (a `beam_idx` input and
-ReadValue/Assign pairs, as optimum-intel does), and its weights compressed by `nncf.compress_weights`. The prompt
-reaches the engine as the token ids ragqa's own tokenizer made (never re-tokenized text), so special tokens that
-prompt.py defused stay defused, and the ids are exactly the torch path's.
+ReadValue/Assign pairs, as optimum-intel does), and its weights compressed by `nncf.compress_weights`. On CPU,
+GenAI runs it with paged attention by default (rewriting its attention and KV state into its own) and falls back
+to the stateful model; tests/test_engine.py checks both against torch. The prompt reaches the engine as the token
+ids ragqa's own tokenizer made (never re-tokenized text), so special tokens that prompt.py defused stay defused,
+and the ids are exactly the torch path's.
 
 Converted models are cached under <cache>/engines/, keyed by hashes of the base weights, the adapter's weights and
 config, the weight format, the openvino version and EXPORT_VERSION. A manifest records each file's size and sha256
@@ -315,7 +317,9 @@ def build(model, tokenizer, key: dict, folder: Path, what: str) -> float:
 class OpenVINOGenerator:
     """One converted model in an OpenVINO GenAI LLMPipeline, fed token ids."""
 
-    def __init__(self, folder: Path, threads: int | None, weights: str, conversion_s: float | None = None):
+    def __init__(self, folder: Path, threads: int | None, weights: str, conversion_s: float | None = None,
+                 properties: dict | None = None):
+        """properties: OpenVINO GenAI device properties over ours (the tests pin ATTENTION_BACKEND with it)."""
         with no_telemetry():
             import openvino_genai
 
@@ -328,6 +332,7 @@ class OpenVINOGenerator:
             # fp32 weights are for matching torch: no bf16 activations (the CPU default where the CPU has them)
             # and no u8 KV cache (the x86 default).
             props.update(INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+        props.update(properties or {})
         self.pipe = openvino_genai.LLMPipeline(str(folder), "CPU", **props)
         self.lock = threading.Lock()  # one generate at a time (serve has one worker; tests may share a pipeline)
 

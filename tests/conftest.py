@@ -92,6 +92,36 @@ def generator():
 
 
 @pytest.fixture(scope="session")
+def tiny_smollm2(tmp_path_factory) -> Path:
+    """A model folder for model.base: SmolLM2-135M's own configuration (vocabulary, head size, 3 query heads per
+    KV head, rope, norms, tied embeddings, special tokens) cut to 2 layers of width 192, with random weights
+    (seeded) and SmolLM2's tokenizer. It loads, generates and converts in seconds where the real model takes
+    minutes; its answers are noise, but the same noise from every engine.
+
+    The weights have std 0.1 (initializer_range; the config's is 0.02): wide logit gaps, so float rounding does
+    not flip greedy picks, and attention outputs that outweigh the token embedding, so the next token depends on
+    the context (a broken KV cache changes the answer)."""
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from ragqa.models import generator_dir, load_tokenizer
+
+    real = generator_dir("smollm2-135m")
+    config = AutoConfig.from_pretrained(real)
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    group = config.num_attention_heads // config.num_key_value_heads
+    config.update({"num_hidden_layers": 2, "num_key_value_heads": 1, "num_attention_heads": group,
+                   "hidden_size": group * head_dim, "head_dim": head_dim, "intermediate_size": 512,
+                   "initializer_range": 0.1})
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    out = tmp_path_factory.mktemp("tiny-smollm2")
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer("smollm2-135m").save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def embedder():
     from ragqa.models import load_embedder
 
