@@ -132,7 +132,9 @@ def test_onnx_matches_torch_for_the_tuned_weights(tuned, index, embedder, tmp_pa
     for question in ("What causes acne?", "is eczema catching", "x" * 3000):
         assert np.abs(onnx.embed_query(question) - torch_.embed_query(question)).max() < 1e-5
         assert float(onnx.embed_query(question) @ base.embed_query(question)) < 0.9999
-    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 2  # the tuned weights got an export of their own
+    # The tuned weights got an export of their own in this cache. (The base encoder's export may have been made
+    # by an earlier test in another cache: the shared embedder keeps its ONNX session, so count only >= 1.)
+    assert list((tmp_path / "onnx").glob("*.onnx"))
 
 
 @pytest.mark.slow
