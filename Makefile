@@ -28,23 +28,27 @@ demo: install
 	$(BIN)/ragqa ask "How is scabies treated, and should my family be treated too?" --adapter adapters/smollm2-135m-lora
 
 # The RAFT recipe on the real data, each step skipped when its output exists (a killed training resumes):
-# MedQuAD index -> NLI judge -> adapter -> the 200-question ablation matrix. ~3 h on 2 cores.
+# MedQuAD index -> tuned query encoder -> NLI judge -> adapter -> the 200-question ablation matrix. ~3 h on 2 cores.
 RAFT         := configs/smollm2-135m_lora-raft-derm_cpu.yaml
 RAFT_ADAPTER := adapters/smollm2-135m_raft-derm
 SHARED       := ../shared/data
 
-raft: install indexes/medquad/manifest.json judges/default/judge.json $(RAFT_ADAPTER)/ragqa_card.json
+raft: install indexes/medquad/manifest.json query_encoders/default/query_encoder.json judges/default/judge.json \
+		$(RAFT_ADAPTER)/ragqa_card.json
 	$(BIN)/ragqa eval --config $(RAFT) --adapter $(RAFT_ADAPTER) --sample 200 \
 		--configs rag+lora,base,rag,lora --output eval/reports/raft-derm-200
 
 indexes/medquad/manifest.json:
 	$(BIN)/ragqa ingest --corpus $(SHARED)/medquad-passages.jsonl --index medquad
 
+query_encoders/default/query_encoder.json: indexes/medquad/manifest.json
+	$(BIN)/ragqa query-encoder train --config $(RAFT)
+
 judges/default/judge.json:
 	$(BIN)/ragqa judge train --nli $(SHARED)/nli/snli-train.jsonl --corpus corpora/starter/passages.jsonl \
 		--corpus $(SHARED)/medquad-passages.jsonl --max-domain 3000 --output judges/default
 
-$(RAFT_ADAPTER)/ragqa_card.json: indexes/medquad/manifest.json
+$(RAFT_ADAPTER)/ragqa_card.json: indexes/medquad/manifest.json query_encoders/default/query_encoder.json
 	$(BIN)/ragqa train --config $(RAFT) $(if $(wildcard $(RAFT_ADAPTER).checkpoints),--resume)
 
 test: install

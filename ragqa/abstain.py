@@ -89,12 +89,16 @@ def calibrate(embed: Callable[[list[str]], np.ndarray], vectors: np.ndarray, tit
             "off_topic": OFF_TOPIC_FILE.name}
 
 
-def threshold(setting: float | str, manifest: dict[str, Any]) -> float:
-    """The threshold in force: a number given in the config, else the index's calibration, else the fallback."""
+def threshold(setting: float | str, manifest: dict[str, Any], query_encoder_card: dict[str, Any] | None = None,
+              ) -> float:
+    """The threshold in force: a number given in the config, else the calibration of the question encoder in use
+    (a tuned query encoder's own, in its card, or the index's, in its manifest), else the fallback."""
     if setting != "auto":
         return float(setting)
-    # The calibrated cut was fitted on the BASE embedder's question vectors (ingest). With a tuned query encoder
-    # (retrieval.query_encoder_weights) the question side moved, so this cut is only approximately right there;
-    # recalibrating for a tuned encoder is not done yet.
+    if query_encoder_card is not None:
+        # A tuned query encoder moved the question side: its cut was calibrated with it (ragqa.query_tuning).
+        tuned = (query_encoder_card.get("abstention") or {}).get("threshold")
+        if isinstance(tuned, int | float):
+            return float(tuned)
     calibrated = (manifest.get("abstention") or {}).get("threshold")
     return float(calibrated) if isinstance(calibrated, int | float) else FALLBACK_THRESHOLD

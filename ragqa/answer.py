@@ -247,7 +247,8 @@ class Pipeline:
         if not passages:
             return True
         best = max(p.scores.get("dense", p.score) for p in passages)
-        return best < abstain.threshold(self.cfg.retrieval.abstain_below, self.retriever.manifest)
+        return best < abstain.threshold(self.cfg.retrieval.abstain_below, self.retriever.manifest,
+                                       self.retriever.query_card)
 
     def prompt_for(self, question: str, passages: list[Passage], mode: str) -> str:
         """The exact prompt text generation starts from (passages trimmed to the context budget)."""

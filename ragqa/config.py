@@ -121,8 +121,8 @@ class RetrievalConfig(_Section):
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
     abstain_below: float | Literal["auto"] = "auto"
     """Abstain when the best dense cosine similarity (in [-1, 1]) is below this; -1 never abstains. `auto`: the
-    threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py), 0.30 for an index
-    without one."""
+    threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py), or with a tuned
+    query encoder the one calibrated with it (in its card); 0.30 for an index without one."""
 
     @field_validator("abstain_below", mode="before")
     @classmethod
@@ -150,7 +150,7 @@ class RetrievalConfig(_Section):
     """Which weights embed the QUESTIONS: none (the index's embedder), or a query encoder tuned on the index's
     fixed passage vectors by `ragqa query-encoder train` (`default` = query_encoders/default, another name from
     `ragqa models`, or its folder). Passages keep the vectors the index holds; refused unless it was tuned from
-    the weights that built the index. Note: the calibrated abstain_below=auto cut was fitted for the base encoder."""
+    the weights that built the index. abstain_below=auto then uses the cut calibrated with the tuned encoder."""
 
     @field_validator("query_encoder_weights", mode="before")
     @classmethod

@@ -39,7 +39,8 @@ class Retriever:
 
     def __init__(self, path: Path, manifest: dict[str, Any], chunks: list[dict[str, Any]], store: VectorStore, bm25,
                  embedder, rrf_k: int = 60, fusion_candidates: int = 50, rerank_candidates: int = 20,
-                 query_encoder: str = "auto", rerank_backend: str = "auto", query_model=None):
+                 query_encoder: str = "auto", rerank_backend: str = "auto", query_model=None,
+                 query_card: dict[str, Any] | None = None):
         self.path = path
         self.manifest = manifest
         self.embedder = embedder
@@ -58,9 +59,10 @@ class Retriever:
         self._query_encoder = None  # built on the first query: loads that never search pay nothing for it
         self.query_model = query_model
         """The tuned query encoder (retrieval.query_encoder_weights, ragqa.query_tuning) that embeds questions,
-        or None: the index's embedder does. Passages always keep the vectors the index holds. The calibrated
-        abstention cut (retrieval.abstain_below=auto, in the manifest) was fitted on the base embedder's
-        question vectors, so with a tuned encoder its cosines are on a slightly different scale."""
+        or None: the index's embedder does. Passages always keep the vectors the index holds."""
+        self.query_card = query_card
+        """Its card, which holds the abstention cut calibrated with it (question cosines move when the question
+        encoder is tuned, so the index's own cut, fitted with the base encoder, no longer applies)."""
 
     @classmethod
     def load(cls, index: str | Path, embedder: str | None = None, device: str = "auto", *,
@@ -102,16 +104,17 @@ class Retriever:
             if dim != manifest["embedder"]["dim"]:
                 raise RagqaError(f"index {where} holds {manifest['embedder']['dim']}-d vectors but embedder "
                                  f"'{built_with}' gives {dim}-d: re-run `ragqa ingest`")
-            query_model = None
+            query_model, query_card = None, None
             if query_encoder_weights not in (None, "", "none"):
                 from ragqa.query_tuning.model import load_query_encoder_weights
 
-                _, query_model = load_query_encoder_weights(query_encoder_weights, where, manifest, embedder_model)
+                _, query_card, query_model = load_query_encoder_weights(query_encoder_weights, where, manifest,
+                                                                        embedder_model)
         except BaseException:
             store.close()  # a Qdrant local store holds its folder's lock while open
             raise
         return cls(where, manifest, chunks, store, bm25, embedder_model, query_encoder=query_encoder,
-                   rerank_backend=rerank_backend, query_model=query_model, **options)
+                   rerank_backend=rerank_backend, query_model=query_model, query_card=query_card, **options)
 
     @classmethod
     def from_config(cls, cfg) -> Retriever:
@@ -134,6 +137,10 @@ class Retriever:
     def rows_of(self, doc_id: str) -> list[int]:
         """The store rows (positions in `store.vectors()`) of one document's chunks ([] for an unknown id)."""
         return list(self._by_doc.get(doc_id, []))
+
+    def document_titles(self) -> list[str]:
+        """One title per source document (what ingest calibrates abstention on)."""
+        return [self._chunks[rows[0]]["title"] for rows in self._by_doc.values() if rows]
 
     def chunks_of(self, doc_id: str) -> list[Passage]:
         """All chunks of one source document, in order ([] for an unknown id)."""

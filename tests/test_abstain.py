@@ -34,6 +34,11 @@ def test_threshold_in_force():
     assert abstain.threshold("auto", calibrated) == 0.47
     assert abstain.threshold(0.2, calibrated) == 0.2
     assert abstain.threshold("auto", {"abstention": None}) == abstain.FALLBACK_THRESHOLD
+    # A tuned query encoder moves the questions' cosines: its own calibrated cut applies, not the index's; a card
+    # from before it had one falls back to the index's.
+    assert abstain.threshold("auto", calibrated, {"abstention": {"threshold": 0.52}}) == 0.52
+    assert abstain.threshold("auto", calibrated, {"name": "old"}) == 0.47
+    assert abstain.threshold(0.2, calibrated, {"abstention": {"threshold": 0.52}}) == 0.2
     assert load_config(None, []).retrieval.abstain_below == "auto"
     assert load_config(None, ["retrieval.abstain_below=0.4"]).retrieval.abstain_below == 0.4
 

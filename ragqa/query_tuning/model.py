@@ -84,7 +84,7 @@ def check_compatible(path: Path, card: dict[str, Any], index: Path, manifest: di
 
 
 def load_query_encoder_weights(name: str, index: Path, manifest: dict[str, Any], embedder):
-    """(folder, SentenceTransformer) of the tuned query encoder `name` for `index`, whose base embedder (already
+    """(folder, card, SentenceTransformer) of the tuned query encoder `name` for `index`, whose base embedder (already
     loaded) is `embedder`; a RagqaError when it is missing, unreadable or tuned from other weights."""
     from sentence_transformers import SentenceTransformer
 
@@ -106,4 +106,7 @@ def load_query_encoder_weights(name: str, index: Path, manifest: dict[str, Any],
         raise RagqaError(f"query encoder {path} gives {dimension(model)}-d vectors but index {index} holds "
                          f"{manifest['embedder']['dim']}-d ones: retrain it with `{TRAIN_COMMAND}`")
     model.eval()
-    return path, model
+    if not isinstance((card.get("abstention") or {}).get("threshold"), int | float):
+        log.warning("query encoder %s has no abstention cut of its own (trained by an older ragqa): abstention "
+                    "uses the index's, fitted with the base encoder; retrain it to calibrate", path)
+    return path, card, model

@@ -128,6 +128,12 @@ def train_query_encoder(cfg, overwrite: bool = False, console=None) -> Path:
                 tuned = ranking_metrics(retriever, held, mode, CANDIDATES)
                 retriever.query_encoder = TorchQueryEncoder(retriever.embedder)
                 metrics[mode] = {"base": base, "tuned": tuned}
+        # Tuning moves the questions' cosines, so the index's abstention cut (fitted with the base encoder at
+        # ingest) no longer applies: calibrate this encoder's own, the same way (ragqa.abstain).
+        from ragqa import abstain
+
+        calibration = abstain.calibrate(lambda qs: model.encode(qs, normalize_embeddings=True), vectors,
+                                        retriever.document_titles())
         card = {
             "name": target.name,
             "kind": "query_encoder",
@@ -147,6 +153,7 @@ def train_query_encoder(cfg, overwrite: bool = False, console=None) -> Path:
                 "questions": len(used), "skipped_questions": skipped,
             },
             "metrics": {"validation": metrics},
+            "abstention": calibration,
             "train": {"steps": q.epochs * steps_per_epoch, "epoch_loss": losses, "seconds": seconds,
                       "device": device, "threads": torch.get_num_threads()},
         }
@@ -160,4 +167,9 @@ def train_query_encoder(cfg, overwrite: bool = False, console=None) -> Path:
     else:
         console.print(f"query encoder saved to {target} ({seconds:.0f} s); use it with "
                       f"--set retrieval.query_encoder_weights={target}")
+    if calibration is not None:
+        console.print(f"abstention with it: below cosine {calibration['threshold']:.3f} (answers "
+                      f"{calibration['answered_in_domain']:.0%} of {calibration['n_in_domain']} title questions, "
+                      f"declines {calibration['declined_off_topic']:.0%} of {calibration['n_off_topic']} off-topic "
+                      "ones; the index's own cut is for the base encoder)")
     return target

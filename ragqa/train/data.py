@@ -228,8 +228,17 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
         "embedder": cfg.model.embedder if t.context_k > 0 else None,
         "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
         "fusion": [cfg.retrieval.rrf_k, cfg.retrieval.fusion_candidates] if t.context_k > 0 else None,
+        "query_encoder": _query_encoder_fingerprint(cfg) if t.context_k > 0 else None,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _query_encoder_fingerprint(cfg) -> str | None:
+    """The tuned query encoder's weights hash (its name may be retrained in place), None when the base one is used."""
+    from ragqa.query_tuning.model import OFF, query_encoder_location, read_card
+
+    name = cfg.retrieval.query_encoder_weights
+    return None if name in OFF else read_card(query_encoder_location(name)).get("weights_sha256")
 
 
 def _retrieval_mode(cfg) -> str:
