@@ -7,7 +7,6 @@ decided by `api_key_for` (also used by eval's `--judge openai:MODEL`).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import urllib.error
@@ -15,6 +14,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 
+from ragqa.endpoints import check_http_url, check_key_transport
 from ragqa.errors import RagqaError
 from ragqa.judge.support import ClaimScore, SupportResult, passage_text, split_claims
 
@@ -28,16 +28,6 @@ OPENAI_URL = "https://api.openai.com/v1"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a URL's host is this machine (API keys may go there over plain http)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def api_key_for(url: str, key_env: str | None, *, url_option: str, key_option: str) -> str | None:
     """The API key to send to the OpenAI-compatible endpoint `url`, or None to send none.
 
@@ -46,10 +36,8 @@ def api_key_for(url: str, key_env: str | None, *, url_option: str, key_option: s
     the user named (`key_option` VAR), and never in the clear: plain http only to this machine (loopback).
     The refusal happens here, before any connection is made.
     """
-    parts = urllib.parse.urlsplit(url)
+    parts = check_http_url(url, url_option, "http://localhost:8000/v1")
     host = parts.hostname or ""
-    if parts.scheme not in ("http", "https") or not host:
-        raise RagqaError(f"{url_option} {url!r} is not an http(s) URL: give one like http://localhost:8000/v1")
     if key_env is None:
         official = parts.scheme == "https" and host.lower() == urllib.parse.urlsplit(OPENAI_URL).hostname
         return (os.environ.get(OPENAI_KEY_ENV) or None) if official else None
@@ -57,9 +45,8 @@ def api_key_for(url: str, key_env: str | None, *, url_option: str, key_option: s
     if not key:
         raise RagqaError(f"{key_option} {key_env}: that environment variable is not set (or empty); export it "
                          f"or drop {key_option}")
-    if parts.scheme != "https" and not is_loopback(host):
-        raise RagqaError(f"{key_option} {key_env}: refusing to send the key in clear text to {host} over http; "
-                         f"use an https {url_option}, a loopback address, or drop {key_option}")
+    check_key_transport(url, refusing=f"{key_option} {key_env}: refusing to send the key",
+                        fix=f"use an https {url_option}, a loopback address, or drop {key_option}")
     return key
 
 

@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import urllib.parse
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -32,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ragqa.endpoints import check_http_url, check_key_transport
 from ragqa.errors import RagqaError
-from ragqa.judge.llm import is_loopback
 from ragqa.index.manifest import index_dir, reingest_hint
 from ragqa.store import VectorStore
 from ragqa.terminal import say
@@ -45,18 +44,15 @@ SCROLL_BATCH = 1024
 
 
 def _check_url(url: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise RagqaError(f"index.store_url {url!r} is not an http(s) URL: give one like http://localhost:6333")
+    check_http_url(url, "index.store_url", "http://localhost:6333")
 
 
 def _api_key(url: str, env: str) -> str | None:
     """The key in $env, sent only over https or to this machine (a key in clear text on a network is leaked)."""
     key = os.environ.get(env) or None
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if key and urllib.parse.urlsplit(url).scheme != "https" and not is_loopback(host):
-        raise RagqaError(f"index.store_api_key_env {env}: refusing to send the Qdrant API key in clear text to "
-                         f"{host} over http; use an https --store-url, a loopback address, or unset {env}")
+    if key:
+        check_key_transport(url, refusing=f"index.store_api_key_env {env}: refusing to send the Qdrant API key",
+                            fix=f"use an https --store-url, a loopback address, or unset {env}")
     return key
 
 
