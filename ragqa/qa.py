@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,7 @@ from typing import Any
 from ragqa.corpus import clean_id, read_records
 from ragqa.errors import RagqaError
 from ragqa.files import sha256_file
+from ragqa.passage import Passage
 
 MAX_QUESTION_CHARS = 2000
 """Default of ask.max_question_chars: a question is a sentence or two, not a pasted document."""
@@ -201,3 +203,84 @@ def _row(record: dict[str, Any], path: Path, where: str, default_id: str, need_a
     group = record.get("doc_id")
     group = clean_id(group) if isinstance(group, str | int) and not isinstance(group, bool) else ""
     return QARow(rid, question, answer, [g for g in map(clean_id, gold) if g], group or None)
+
+
+# ---------------------------------------------------------------- training rows: split and gold passage
+# (shared by ragqa.train, ragqa.rerank and ragqa.query_tuning; here so that none of them imports another's code)
+
+
+def load_train_qa(paths: Sequence[str],
+                  max_question_chars: int = MAX_QUESTION_CHARS) -> tuple[list[QARow], dict[str, str]]:
+    """The training Q&A rows (load_qa, the loader eval uses too) and each file's sha256; at least two rows."""
+    rows, hashes = load_qa(paths, option="train.data", max_question_chars=max_question_chars)
+    if len(rows) < 2:
+        raise RagqaError(f"train.data: need at least 2 Q&A pairs, found {len(rows)} in {', '.join(paths)}")
+    return rows, hashes
+
+
+def split_rows(rows: list[QARow], val_fraction: float, seed: int,
+               by: str = "question") -> tuple[list[QARow], list[QARow]]:
+    """Deterministic train/val split: the same rows, fraction and seed always give the same split.
+
+    by="document" splits whole groups (`QARow.group`): every question of a document lands on the same side,
+    so the validation questions ask about conditions whose passages were never training answers. Groups are
+    taken in seeded order until the validation side holds `val_fraction` of the questions. "auto" means
+    "document" when every row has a group.
+    """
+    if by == "auto":
+        by = "document" if rows and all(r.group for r in rows) else "question"
+    n_val = min(len(rows) - 1, max(1, round(len(rows) * val_fraction)))
+    if by == "question":
+        ordered = sorted(rows, key=lambda r: r.id)
+        random.Random(seed).shuffle(ordered)
+        return ordered[n_val:], ordered[:n_val]
+    if not all(r.group for r in rows):
+        missing = next(r.id for r in rows if not r.group)
+        raise RagqaError(f"train.split_by=document: Q&A row {missing} has no doc_id; add one to every row "
+                         "or use --set train.split_by=question")
+    groups: dict[str, list[QARow]] = {}
+    for row in sorted(rows, key=lambda r: r.id):
+        groups.setdefault(row.group, []).append(row)
+    if len(groups) < 2:
+        raise RagqaError("train.split_by=document needs questions from at least 2 documents (doc_id); "
+                         "use --set train.split_by=question")
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    val: list[QARow] = []
+    taken = 0
+    while taken < len(names) - 1 and len(val) < n_val:
+        val.extend(groups[names[taken]])
+        taken += 1
+    train = [r for name in names[taken:] for r in groups[name]]
+    return train, val
+
+
+_WORD_RE = re.compile(r"[a-z0-9]+")
+
+
+def _overlap(a: str, b: str) -> int:
+    return len(set(_WORD_RE.findall(a.lower())) & set(_WORD_RE.findall(b.lower())))
+
+
+def gold_passage(retriever, row: QARow, mode: str) -> Passage | None:
+    """The best chunk of the row's gold document(s); without gold ids, the top chunk retrieved by the answer.
+
+    Among a gold document's chunks, the one sharing most words with the answer is taken (the Retriever
+    has no API to score a given set of chunks, and word overlap is what makes a chunk support the answer).
+    """
+    chunks = [c for doc_id in row.gold_ids for c in retriever.chunks_of(doc_id)]
+    if chunks:
+        return max(chunks, key=lambda c: (_overlap(c.text, row.answer), -c.position))
+    hits = retriever.retrieve(row.answer, k=1, mode=mode)
+    return hits[0] if hits else None
+
+
+def gold_siblings(rows: list[QARow], retriever, mode: str) -> dict[str, list[Passage]]:
+    """Per document (`QARow.group`): the gold passages of all its questions, for same-document negatives."""
+    found: dict[str, dict[str, Passage]] = {}
+    for row in rows:
+        if row.group and row.gold_ids:
+            gold = gold_passage(retriever, row, mode)
+            if gold is not None:
+                found.setdefault(row.group, {})[gold.chunk_id] = gold
+    return {group: list(passages.values()) for group, passages in found.items()}

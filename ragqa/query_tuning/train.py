@@ -42,7 +42,8 @@ def train_query_encoder(cfg, overwrite: bool = False, console=None) -> Path:
     from ragqa.models import load_embedder, resolve_device
     from ragqa.query_tuning.model import weights_digest
     from ragqa.retrieve import Retriever
-    from ragqa.train.data import load_qa, split_rows
+    from ragqa.qa import load_train_qa as load_qa
+    from ragqa.qa import split_rows
 
     console = console or Console(stderr=True)
     q, t = cfg.query_encoder, cfg.train

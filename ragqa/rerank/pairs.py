@@ -3,7 +3,7 @@
 Hard negatives are what the reranker must learn to put below the gold passage: the question's own top retrieved
 passages from other documents (what the first stage confuses it with), and other passages of the same document
 (the same condition's treatment when the question asks its symptoms) when the Q&A rows carry a doc_id. The gold
-passage is chosen as RAFT training chooses it (ragqa.train.data.gold_passage), so both trainings agree on it.
+passage is chosen as RAFT training chooses it (ragqa.qa.gold_passage), so both trainings agree on it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ragqa.train.data import QARow, _siblings, gold_passage
+from ragqa.qa import QARow, gold_passage, gold_siblings
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class RankPair:
 def mine_pairs(retriever, rows: Sequence[QARow], *, negatives: int, same_document: int, candidates: int,
                mode: str, seed: int) -> tuple[list[RankPair], int]:
     """(pairs, questions skipped for want of a gold passage in the index). Deterministic for a seed."""
-    siblings = _siblings(list(rows), retriever, mode)
+    siblings = gold_siblings(list(rows), retriever, mode)
     pairs: list[RankPair] = []
     skipped = 0
     for row in rows:

@@ -65,7 +65,8 @@ def train_reranker(cfg, console=None) -> Path:
     from ragqa.models import resolve, resolve_device
     from ragqa.rerank.pairs import mine_pairs
     from ragqa.retrieve import Retriever
-    from ragqa.train.data import load_qa, split_rows
+    from ragqa.qa import load_train_qa as load_qa
+    from ragqa.qa import split_rows
 
     console = console or Console(stderr=True)
     r, t = cfg.rerank, cfg.train
