@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -126,6 +127,61 @@ def embedder():
     from ragqa.models import load_embedder
 
     return load_embedder("minilm", device="cpu")
+
+
+# --- ingest helpers: small corpora, configs and checks shared by test_index.py and test_store.py -------------
+SKIN_DOCS = [
+    {"id": "acne", "title": "Acne", "text": "Acne causes blackheads, whiteheads and pimples on the face and back. "
+     "Benzoyl peroxide and topical retinoids are first-line treatments."},
+    {"id": "scabies", "title": "Scabies", "text": "Scabies is an itchy rash caused by tiny mites that burrow "
+     "into the skin. Permethrin cream treats it, and close contacts are treated at the same time."},
+    {"id": "sunburn", "title": "Sunburn", "text": "Sunburn is red, painful skin after too much ultraviolet "
+     "light. Cool compresses and moisturiser ease it; sunscreen prevents it."},
+    {"id": "warts", "title": "Warts", "text": "Warts are rough bumps caused by the human papillomavirus. "
+     "Salicylic acid or freezing with liquid nitrogen removes them."},
+]
+EXTRA_DOCS = [{"id": "lice", "title": "Head lice", "text": "Head lice are small insects living on the scalp. "
+               "A fine-tooth comb and a lotion remove them."}]
+
+
+def write_jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def ingest_cfg(idx, corpus, *extra: str):
+    """A config that ingests the `corpus` files into the index folder `idx` on the CPU; `extra`: --set overrides."""
+    from ragqa.config import load_config
+
+    return load_config(None, [f"index.name={idx}", f"index.corpus={json.dumps(corpus)}", "model.device=cpu",
+                              *extra])
+
+
+class Counting:
+    """Counts the texts the embedder encodes (wraps the real model; nothing is faked)."""
+
+    def __init__(self, model, monkeypatch):
+        self.texts = 0
+        original = model.encode
+
+        def encode(texts, *args, **kwargs):
+            self.texts += 1 if isinstance(texts, str) else len(texts)
+            return original(texts, *args, **kwargs)
+
+        monkeypatch.setattr(model, "encode", encode)
+
+
+def rewrite_manifest(path, change=lambda m: None):
+    """Recompute the file checksums and the manifest's own, so that only what `change` did disagrees."""
+    from ragqa import index
+    from ragqa.files import sha256_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
+                         for rel in manifest["files"]}
+    manifest["checksum"] = index.manifest_checksum(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 @contextlib.contextmanager

@@ -11,61 +11,22 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import EXTRA_DOCS, ROOT, SKIN_DOCS, Counting, ingest_cfg, rewrite_manifest, run_cli, write_jsonl
 
 from ragqa import index
 from ragqa.index import build as index_build
-from ragqa.config import load_config
 from ragqa.corpus import Document, load_corpus
 from ragqa.errors import RagqaError
 from ragqa.retrieve import Retriever
 from ragqa.files import sha256_file
 
-DOCS = [
-    {"id": "acne", "title": "Acne", "text": "Acne causes blackheads, whiteheads and pimples on the face and back. "
-     "Benzoyl peroxide and topical retinoids are first-line treatments."},
-    {"id": "scabies", "title": "Scabies", "text": "Scabies is an itchy rash caused by tiny mites that burrow "
-     "into the skin. Permethrin cream treats it, and close contacts are treated at the same time."},
-    {"id": "sunburn", "title": "Sunburn", "text": "Sunburn is red, painful skin after too much ultraviolet "
-     "light. Cool compresses and moisturiser ease it; sunscreen prevents it."},
-    {"id": "warts", "title": "Warts", "text": "Warts are rough bumps caused by the human papillomavirus. "
-     "Salicylic acid or freezing with liquid nitrogen removes them."},
-]
-EXTRA = [{"id": "lice", "title": "Head lice", "text": "Head lice are small insects living on the scalp. "
-          "A fine-tooth comb and a lotion remove them."}]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
-
-
-def make_cfg(idx, corpus, *extra: str):
-    return load_config(None, [f"index.name={idx}", f"index.corpus={json.dumps(corpus)}", "model.device=cpu",
-                              *extra])
-
-
-class Counting:
-    """Counts the texts the embedder encodes (wraps the real model; nothing is faked)."""
-
-    def __init__(self, model, monkeypatch):
-        self.texts = 0
-        original = model.encode
-
-        def encode(texts, *args, **kwargs):
-            self.texts += 1 if isinstance(texts, str) else len(texts)
-            return original(texts, *args, **kwargs)
-
-        monkeypatch.setattr(model, "encode", encode)
-
-
 @pytest.fixture
 def corpus_file(tmp_path):
-    return write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    return write_jsonl(tmp_path / "docs.jsonl", SKIN_DOCS)
 
 
 def build(tmp_path, embedder, corpus, *extra):
-    cfg = make_cfg(tmp_path / "idx", corpus if isinstance(corpus, list) else [corpus], *extra)
+    cfg = ingest_cfg(tmp_path / "idx", corpus if isinstance(corpus, list) else [corpus], *extra)
     return index.ingest(cfg, embedder=embedder), cfg
 
 
@@ -138,7 +99,7 @@ def test_incremental_noop_add_file_and_rebuild(tmp_path, embedder, corpus_file, 
     assert counter.texts == first
     assert json.loads((path / "manifest.json").read_text())["index"]["type"] == "hnsw"
 
-    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA)
+    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA_DOCS)
     build(tmp_path, embedder, [corpus_file, extra], "index.index_type=hnsw")  # only the new file's chunks
     manifest = json.loads((path / "manifest.json").read_text())
     assert counter.texts - first == 1 == manifest["last_ingest"]["embedded_chunks"]
@@ -166,7 +127,7 @@ def test_failure_mid_write_keeps_the_old_index(tmp_path, embedder, corpus_file, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(index_build, "_write", write_then_fail)
-    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA)
+    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA_DOCS)
     with pytest.raises(RagqaError, match="ingest into .*idx failed: No space left on device.*index is unchanged"):
         build(tmp_path, embedder, [corpus_file, extra])
     assert answers(path, embedder) == expected
@@ -195,15 +156,6 @@ def test_lock_blocks_a_second_writer_and_stale_locks_are_taken_over(tmp_path, em
     build(tmp_path, embedder, corpus_file)
     assert f"recovered a stale lock left by PID {dead.pid}" in capsys.readouterr().err
     assert (tmp_path / ".idx.lock").read_text() == ""
-
-
-def _rewrite_manifest(path, change):
-    manifest = json.loads((path / "manifest.json").read_text())
-    change(manifest)
-    manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
-                         for rel in manifest["files"]}
-    manifest["checksum"] = index.manifest_checksum(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_corruption_is_detected_on_load(tmp_path, embedder, corpus_file):
@@ -240,9 +192,9 @@ def test_corruption_is_detected_on_load(tmp_path, embedder, corpus_file):
     # chunk store out of sync with the vectors, checksums recomputed so that only the counts disagree
     lines = (path / "chunks.jsonl").read_text().splitlines(keepends=True)
     (path / "chunks.jsonl").write_text("".join(lines[:-1]))
-    _rewrite_manifest(path, lambda m: None)
+    rewrite_manifest(path, lambda m: None)
     assert "chunks.jsonl has" in load_error()
-    _rewrite_manifest(path, lambda m: m["counts"].update(chunks=len(lines) - 1))
+    rewrite_manifest(path, lambda m: m["counts"].update(chunks=len(lines) - 1))
     assert "faiss.index holds" in load_error()
     restore()
     Retriever.load(path, embedder_model=embedder)
@@ -255,12 +207,12 @@ def test_corruption_is_detected_on_load(tmp_path, embedder, corpus_file):
 def test_bad_targets_and_empty_corpus_write_nothing(tmp_path, embedder, corpus_file):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(RagqaError, match="exists and is a file"):
-        index.ingest(make_cfg(tmp_path / "afile", [corpus_file]), embedder=embedder)
+        index.ingest(ingest_cfg(tmp_path / "afile", [corpus_file]), embedder=embedder)
     other = tmp_path / "photos"
     other.mkdir()
     (other / "cat.jpg").write_bytes(b"x")
     with pytest.raises(RagqaError, match="is not a ragqa index"):
-        index.ingest(make_cfg(other, [corpus_file]), embedder=embedder)
+        index.ingest(ingest_cfg(other, [corpus_file]), embedder=embedder)
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(RagqaError, match="no usable documents"):
         build(tmp_path, embedder, empty)
@@ -274,7 +226,7 @@ def test_read_only_parent(tmp_path, embedder, corpus_file):
     ro.chmod(0o555)
     try:
         with pytest.raises(RagqaError, match="ingest into .* failed: Permission denied"):
-            index.ingest(make_cfg(ro / "idx", [corpus_file]), embedder=embedder)
+            index.ingest(ingest_cfg(ro / "idx", [corpus_file]), embedder=embedder)
     finally:
         ro.chmod(0o755)
 
@@ -341,7 +293,7 @@ def test_sigkill_mid_ingest_leaves_previous_index_intact(tmp_path, embedder):
     """SIGKILL at points taken from the run's progress (not fixed delays): the index left behind is the old one,
     byte for byte, or (a kill after the swap) the complete new one; at least one kill must land mid-write."""
     starter = str(ROOT / "corpora/starter/passages.jsonl")
-    docs = write_jsonl(tmp_path / "docs.jsonl", DOCS)
+    docs = write_jsonl(tmp_path / "docs.jsonl", SKIN_DOCS)
     path = tmp_path / "idx"
     args = [sys.executable, "-m", "ragqa", "ingest", "--index", str(path), "--corpus", docs, "--corpus", starter,
             "--device", "cpu"]

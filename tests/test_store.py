@@ -14,12 +14,10 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import ROOT, STARTER, run_cli
+from conftest import EXTRA_DOCS, ROOT, SKIN_DOCS, STARTER, Counting, ingest_cfg, rewrite_manifest, run_cli, write_jsonl
 
 from ragqa import index
-from ragqa.config import load_config
 from ragqa.errors import RagqaError
-from ragqa.files import sha256_file
 from ragqa.retrieve import Retriever
 from ragqa.store import RECORD_FILE, backend, backends, load_store
 
@@ -28,18 +26,7 @@ NO_SERVER = "QDRANT_URL is not set: the Qdrant server variants need a running se
 BACKENDS = ["faiss", "qdrant-local", pytest.param("qdrant-server", marks=pytest.mark.skipif(not QDRANT_URL,
                                                                                             reason=NO_SERVER))]
 QDRANT = BACKENDS[1:]
-
-DOCS = [
-    {"id": "acne", "title": "Acne", "text": "Acne causes blackheads, whiteheads and pimples on the face and back. "
-     "Benzoyl peroxide and topical retinoids are first-line treatments."},
-    {"id": "scabies", "title": "Scabies", "text": "Scabies is an itchy rash caused by tiny mites that burrow "
-     "into the skin. Permethrin cream treats it, and close contacts are treated at the same time."},
-    {"id": "warts", "title": "Warts", "text": "Warts are rough bumps caused by the human papillomavirus. "
-     "Salicylic acid or freezing with liquid nitrogen removes them."},
-]
-EXTRA = [{"id": "lice", "title": "Head lice", "text": "Head lice are small insects living on the scalp. "
-          "A fine-tooth comb and a lotion remove them."}]
-
+DOCS = [d for d in SKIN_DOCS if d["id"] != "sunburn"]  # three documents: the point counts below say 3
 
 def store_settings(kind: str) -> list[str]:
     if kind == "faiss":
@@ -52,33 +39,13 @@ def store_settings(kind: str) -> list[str]:
 
 
 def make_cfg(path, corpus: list[str], kind: str, *extra: str):
-    return load_config(None, [f"index.name={path}", f"index.corpus={json.dumps(corpus)}", "model.device=cpu",
-                              *store_settings(kind), *extra])
-
-
-def write_jsonl(path, rows) -> str:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return str(path)
+    return ingest_cfg(path, corpus, *store_settings(kind), *extra)
 
 
 def server_client():
     from qdrant_client import QdrantClient
 
     return QdrantClient(url=QDRANT_URL, api_key=os.environ.get("QDRANT_API_KEY") or None, check_compatibility=False)
-
-
-class Counting:
-    """Counts the texts the embedder encodes (wraps the real model; nothing is faked)."""
-
-    def __init__(self, model, monkeypatch):
-        self.texts = 0
-        original = model.encode
-
-        def encode(texts, *args, **kwargs):
-            self.texts += 1 if isinstance(texts, str) else len(texts)
-            return original(texts, *args, **kwargs)
-
-        monkeypatch.setattr(model, "encode", encode)
 
 
 # ------------------------------------------------------------------------- the interface, no embedder needed
@@ -189,7 +156,7 @@ def test_incremental_ingest(kind, tmp_path, embedder, monkeypatch, capsys):
     assert counter.texts == first and "up to date" in capsys.readouterr().err
     assert json.loads((path / "manifest.json").read_text())["store"] == record
 
-    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA)
+    extra = write_jsonl(tmp_path / "extra.jsonl", EXTRA_DOCS)
     index.ingest(make_cfg(path, [docs, extra], kind), embedder=embedder)  # only the new file's chunk
     manifest = json.loads((path / "manifest.json").read_text())
     assert counter.texts - first == 1 == manifest["last_ingest"]["embedded_chunks"]
@@ -210,16 +177,6 @@ def test_incremental_ingest(kind, tmp_path, embedder, monkeypatch, capsys):
     else:
         assert "qdrant/collection/chunks/storage.sqlite" in manifest["files"]
         assert not any(p.suffix in (".pkl", ".pickle") for p in path.rglob("*"))
-
-
-def _rewrite_manifest(path, change=lambda m: None):
-    """Recompute the file checksums and the manifest's own, so that only what `change` did disagrees."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    change(manifest)
-    manifest["files"] = {rel: {"bytes": (path / rel).stat().st_size, "sha256": sha256_file(path / rel)}
-                         for rel in manifest["files"]}
-    manifest["checksum"] = index.manifest_checksum(manifest)
-    (path / "manifest.json").write_text(json.dumps(manifest))
 
 
 def _load_error(path, embedder) -> str:
@@ -249,7 +206,7 @@ def test_mismatch_with_the_manifest_is_refused(kind, tmp_path, embedder):
         client.delete(record["collection"], points_selector=models.PointIdsList(points=[1]))
         client.close()
         assert "storage.sqlite does not match its checksum" in _load_error(path, embedder)
-        _rewrite_manifest(path)  # the files now agree with the manifest; the point count still does not
+        rewrite_manifest(path)  # the files now agree with the manifest; the point count still does not
         assert "Qdrant collection chunks holds 2 points of dim 384, the manifest says 3" in _load_error(path,
                                                                                                          embedder)
     else:
