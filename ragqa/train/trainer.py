@@ -28,11 +28,12 @@ from typing import Any
 from ragqa.errors import RagqaError
 from ragqa.files import atomic_dir, check_output_dir
 from ragqa.adapters import CARD
-from ragqa.train.data import TrainData, batches_per_epoch, build_data, collate, length_grouped_batches
+from ragqa.train.card import plot_curve, write_card
+from ragqa.train.checkpoints import STATE_FILE, STATE_JSON, latest_checkpoint  # noqa: F401 - importable from here too
+from ragqa.train.checkpoints import (check_checkpoint_root, checkpoint_root, load_checkpoint, resume_signature,
+                                     rng_state, save_checkpoint)
+from ragqa.train.data import batches_per_epoch, build_data, collate, length_grouped_batches
 from ragqa.terminal import printable
-
-STATE_FILE = "trainer_state.pt"
-STATE_JSON = "state.json"
 
 
 @dataclass
@@ -45,30 +46,6 @@ class TrainResult:
     wall_s: float
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
-
-
-def checkpoint_root(output: str | Path) -> Path:
-    """Checkpoints live beside the output (`adapters/NAME.checkpoints/`), never inside it."""
-    output = Path(output)
-    return output.with_name(output.name + ".checkpoints")
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint (temp dirs of an interrupted save start with '.' and are ignored)."""
-    done = sorted(p for p in root.glob("step-*") if (p / STATE_JSON).is_file() and (p / STATE_FILE).is_file())
-    return done[-1] if done else None
-
-
-def _check_checkpoint_root(root: Path, overwrite: bool) -> None:
-    """OUTPUT.checkpoints is removed after a finished run: refuse one that holds anything ragqa does not put
-    there (checkpoints step-*, their temp dirs .step-*, tensorboard logs), unless --overwrite."""
-    if overwrite or not root.is_dir():
-        return
-    foreign = sorted(p.name for p in root.iterdir()
-                     if not (p.is_dir() and (p.name.startswith(("step-", ".step-")) or p.name == "tensorboard")))
-    if foreign:
-        raise RagqaError(f"{root} is not a ragqa checkpoint folder (it holds {foreign[0]}): choose another "
-                         "--output, or pass --overwrite to replace it and everything in it")
 
 
 BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
@@ -101,15 +78,6 @@ def make_optimizer(name: str, params, *, lr: float, weight_decay: float):
 def peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
-
-
-def _resume_signature(cfg, data: TrainData, processes: int) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed by this run."""
-    t = cfg.train
-    return {"data": data.cache_key, "method": t.method, "base": cfg.model.base, "lora": cfg.lora.model_dump(),
-            "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr, "seed": t.seed,
-            "max_steps": t.max_steps, "epochs": t.epochs, "lr_scheduler": t.lr_scheduler, "processes": processes,
-            "optim": t.optim}
 
 
 class Trainer:
@@ -289,67 +257,20 @@ class Trainer:
         self.model.train()
         return total / max(1, count)
 
-    # ------------------------------------------------------------ checkpoints
-
-    @staticmethod
-    def _rng_state() -> dict:
-        import torch
-
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return rng
+    # ------------------------------------------------------------ checkpoints (ragqa.train.checkpoints)
 
     def _save_checkpoint(self, step: int, micro: int, rng: dict | None = None) -> Path | None:
         """Checkpoint after `step` completed steps. `rng`: the random state as that step left it (default: now)."""
-        import torch
-        from peft import get_peft_model_state_dict
-        from safetensors.torch import save_file
-
         if not self.checkpoints or not self.accelerator.is_main_process:
             return None
-        target = self.ckpt_root / f"step-{step:07d}"
-        with atomic_dir(target, prefix=f".step-{step:07d}-") as tmp:
-            model = self.accelerator.unwrap_model(self.model)
-            weights = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(model).items()}
-            save_file(weights, str(tmp / "adapter_model.safetensors"))
-            rng = rng or self._rng_state()
-            # Our own file, read back with weights_only=True (tensors and plain containers only).
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "rng": rng}, tmp / STATE_FILE)
-            state = {"step": step, "micro": micro, "history": self.history, "signature": self.signature,
-                     "total_steps": self.total_steps}
-            (tmp / STATE_JSON).write_text(json.dumps(state), encoding="utf-8")
-        kept = sorted(p for p in self.ckpt_root.glob("step-*"))
-        # Older checkpoints, and temp dirs left by a save that was killed, go.
-        for old in [*kept[: -self.cfg.train.keep_checkpoints], *self.ckpt_root.glob(".step-*")]:
-            shutil.rmtree(old, ignore_errors=True)
-        return target
+        state = {"step": step, "micro": micro, "history": self.history, "signature": self.signature,
+                 "total_steps": self.total_steps}
+        return save_checkpoint(self.ckpt_root, step, self.accelerator.unwrap_model(self.model), self.optimizer,
+                               self.scheduler, state, rng=rng, keep=self.cfg.train.keep_checkpoints)
 
     def _load_checkpoint(self) -> tuple[int, int]:
-        import torch
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        ckpt = latest_checkpoint(self.ckpt_root)
-        if ckpt is None:
-            raise RagqaError(f"--resume: no checkpoint in {self.ckpt_root}; run without --resume to start fresh")
-        state = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
-        # Checkpoints written before train.optim existed were all made with adamw.
-        saved = {"optim": "adamw", **state["signature"]}
-        if saved != self.signature:
-            changed = sorted(k for k in self.signature if saved.get(k) != self.signature[k])
-            raise RagqaError(f"--resume: {ckpt} was made with different settings ({', '.join(changed)}); "
-                             "restore them or run without --resume")
-        model = self.accelerator.unwrap_model(self.model)
-        weights = load_file(str(ckpt / "adapter_model.safetensors"), device=str(self.accelerator.device))
-        set_peft_model_state_dict(model, weights)
-        blob = torch.load(ckpt / STATE_FILE, weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(blob["optimizer"])
-        self.scheduler.load_state_dict(blob["scheduler"])
-        torch.set_rng_state(blob["rng"]["torch"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        state = load_checkpoint(self.ckpt_root, self.signature, self.accelerator.unwrap_model(self.model),
+                                self.optimizer, self.scheduler, device=str(self.accelerator.device))
         self.history = state["history"]
         return state["step"], state["micro"]
 
@@ -372,9 +293,9 @@ class Trainer:
         if self.save_output:
             # A file in the way, a read-only folder or someone else's folder fails now, not after training.
             check_output_dir(self.output, "adapter", (CARD,), overwrite=self.overwrite)
-            _check_checkpoint_root(self.ckpt_root, self.overwrite)
+            check_checkpoint_root(self.ckpt_root, self.overwrite)
         self._setup()
-        self.signature = _resume_signature(self.cfg, self.data, self.nproc)
+        self.signature = resume_signature(self.cfg, self.data, self.nproc)
         if self.cfg.train.method == "none":
             val = self.evaluate()
             self.history.append({"step": 0, "val_loss": val})
@@ -404,7 +325,7 @@ class Trainer:
         interrupted = False
         # The random state as the last completed step left it: a Ctrl-C in the middle of the next step must not
         # save the state that step's dropout draws have already advanced (the resumed run would draw other masks).
-        rng = self._rng_state()
+        rng = rng_state()
         # On a GPU, reading a step's loss right away would wait for its kernels and leave the GPU idle
         # while Python prepares the next step: there each record is completed (loss read, logged) one
         # step late, when its kernels are done. Evaluation, checkpoints and the end complete it at once.
@@ -419,7 +340,7 @@ class Trainer:
         try:
             with bar:
                 while step < self.total_steps:
-                    rng = self._rng_state()
+                    rng = rng_state()
                     tick = time.perf_counter()
                     group = [next(batches) for _ in range(t.grad_accum)]
                     n_answer, n_tokens = (round(n) for n in self._sum_over_processes(
@@ -536,7 +457,7 @@ class Trainer:
             tb = self.ckpt_root / "tensorboard"
             if tb.is_dir():
                 shutil.copytree(tb, tmp / "tensorboard")
-            _plot_curve(self.history, tmp / "loss_curve.png")
+            plot_curve(self.history, tmp / "loss_curve.png")
             gold_rate = (sum(e.gold_in_context for e in self.data.train) / len(self.data.train)
                          if self.data.train else None)
             import torch
@@ -565,8 +486,7 @@ class Trainer:
                 "device": self.device,
                 "processes": self.nproc,
             }
-            (tmp / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
-            (tmp / "README.md").write_text(_model_card(card), encoding="utf-8")
+            write_card(tmp, card)
         return self.output
 
 
@@ -611,60 +531,6 @@ def _to(batch: dict[str, Any], device) -> dict[str, Any]:
         return v.pin_memory().to(device, non_blocking=True) if cuda else v.to(device)
 
     return {k: move(v) if hasattr(v, "to") else v for k, v in batch.items()}
-
-
-def _plot_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
-    val = [(h["step"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train (answer tokens)")
-    if val:
-        ax.plot(*zip(*val, strict=True), marker="o", label="validation")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _model_card(card: dict[str, Any]) -> str:
-    m, cfg = card["metrics"], card["config"]
-    t, lora = cfg["train"], cfg["lora"]
-    fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    return f"""---
-library_name: peft
-base_model: {card['base_model']}
-tags: [ragqa, dermatology, {card['method']}, raft]
----
-# ragqa adapter ({card['method']}) on {card['base_model']}
-
-Trained by `ragqa train` to answer dermatology questions from retrieved passages with citations
-(RAFT-style context: the gold passage among {t['context_k']} passages with probability {t['raft_gold_prob']}).
-Research tool, not medical advice.
-
-| | |
-|---|---|
-| method | {card['method']} (r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}) |
-| data | {', '.join(card['data_hashes'])} |
-| examples | {m['train_examples']} train, {m['val_examples']} validation scored ({len(card['split']['val'])} held out) |
-| steps | {m['steps']} (lr {t['lr']}, batch {t['batch_size']} x accum {t['grad_accum']}, \
-max_seq_len {t['max_seq_len']}) |
-| optimizer | {card['optimizer'] or 'none (no training)'} |
-| validation loss | {fmt(m['val_loss'])} (base model: {fmt(m['base_val_loss'])}) |
-| wall time | {card['wall_time_s']} s on {card['device']}, peak RSS {card['peak_rss_mb']} MB |
-| prompt template | {card['template_version']} |
-
-Use: `ragqa ask "QUESTION" --adapter THIS_DIR`, or with plain peft:
-`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), THIS_DIR)`.
-The held-out question ids are in `ragqa_card.json` (`split.val`); `ragqa eval` never scores training ids.
-"""
 
 
 class _Bar:
