@@ -75,6 +75,11 @@ def print_check(answer, streamed: bool) -> None:
     removed = [s for s in sentences if not s["supported"]]
     for s in removed:
         out.print(Text.assemble(("removed (not supported by the passages): ", "dim"), (s["text"], "dim strike")))
+    if streamed:  # the streamed text carries the model's own markers; say which ones the check set
+        for s in sentences:
+            if s["supported"] and s.get("citation", "model") != "model":
+                out.print(Text.assemble((f"citation {s['citation']} (supported by [{s['passage']}]): ", "dim"),
+                                        (s["text"], "dim")))
     kept = len(sentences) - len(removed)
     out.print(Text(f"checked by {answer.checked_by}: {kept} of {len(sentences)} sentence(s) supported", style="dim"))
 

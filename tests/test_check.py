@@ -60,16 +60,32 @@ def test_an_unfinished_last_sentence_is_dropped_when_generation_hit_its_budget()
     cut = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES], cut_off=True)
     assert [(s.supported, s.label) for s in cut.sentences] == [(True, "entailment"), (False, "cut off")]
     assert cut.text == "Scabies is treated with permethrin cream [2]."
-    finished = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [2].", [SCABIES], cut_off=True)
-    assert finished.supported and finished.text.endswith("[2].")
+    finished = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [1].", [SCABIES], cut_off=True)
+    assert finished.supported and finished.text.endswith("[1].")
 
 
-def test_a_sentence_is_checked_against_the_passages_it_cites():
-    # Supported by passage 2, but it cites passage 1: the citation is wrong, so the sentence goes.
+def test_a_sentence_is_checked_against_the_passages_it_cites_and_its_citation_corrected():
+    # Copied from passage 2 but numbered [1] (the small generator's most common slip): the sentence is
+    # supported, so it stays, and its marker is corrected to the passage that supports it.
     miscited = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [1].", [CHILBLAINS, SCABIES])
-    assert not miscited.supported and miscited.text == ""
+    assert miscited.supported and miscited.text == "Scabies is treated with permethrin cream [2]."
+    (only,) = miscited.sentences
+    assert (only.passage, only.cited, only.citation) == (2, [1], "corrected")
+    assert only.text == "Scabies is treated with permethrin cream [2]."
+    # Uncited: scored against all shown passages, and the supporting one is named.
     uncited = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream.", [CHILBLAINS, SCABIES])
-    assert uncited.supported and uncited.sentences[0].passage == 2  # uncited: all shown passages
+    assert uncited.text == "Scabies is treated with permethrin cream [2]."
+    assert (uncited.sentences[0].cited, uncited.sentences[0].citation) == ([], "added")
+    # A right citation is left as the model wrote it; a sentence no passage supports still goes, whatever it cites.
+    answer = ("Chilblains heal within 3 weeks [1]. Scabies is caused by a fungus in the lungs [2]. "
+              "Scabies is treated with permethrin cream [1].")
+    checked = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES])
+    assert [(s.supported, s.citation) for s in checked.sentences] == [(True, "model"), (False, "model"),
+                                                                      (True, "corrected")]
+    assert checked.text == "Chilblains heal within 3 weeks [1]. Scabies is treated with permethrin cream [2]."
+    # A marker the splitter leaves on its own piece belongs to the corrected sentence and goes with the correction.
+    stray = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream.\n[1]", [CHILBLAINS, SCABIES])
+    assert stray.text.strip() == "Scabies is treated with permethrin cream [2]."
 
 
 def test_support_scorer_falls_back_to_lexical_only_for_the_default(tmp_path, monkeypatch):
@@ -137,8 +153,10 @@ def test_pipeline_checks_a_real_answer_and_reports_the_check(pipeline):
     assert ans.checked_by == "lexical" and ans.raw_answer is not None and ans.sentences
     assert "verify_s" in ans.timings and ans.timings["total_s"] >= ans.timings["verify_s"]
     for s in ans.sentences:
-        assert set(s) == {"text", "supported", "score", "passage", "label"} and 0.0 <= s["score"] <= 1.0
-        assert s["text"] in ans.raw_answer
+        assert set(s) == {"text", "supported", "score", "passage", "label", "cited", "citation"}
+        assert 0.0 <= s["score"] <= 1.0 and s["citation"] in ("model", "corrected", "added")
+        if s["citation"] == "model":
+            assert s["text"] in ans.raw_answer
     kept = [s["text"] for s in ans.sentences if s["supported"]]
     if kept:
         assert not ans.abstained and all(t in ans.answer for t in kept)
@@ -190,3 +208,13 @@ def test_removed_sentences_are_shown_marked_and_never_as_markup(pipeline, monkey
         ask.answer_one(pipe, "How is scabies treated?", "hybrid", 3, as_json=False)
     text = buffer.getvalue()
     assert "is withdrawn" in text and "Nearest sources" in text and "could not find a grounded answer" in text
+    # A sentence copied from passage 1 but numbered after another: streamed as the model wrote it, then the
+    # corrected citation is named.
+    wrong = next(n for n, p in enumerate(pipeline.retrieve("How is scabies treated?", "hybrid", 3), 1)
+                 if "permethrin" not in p.text)
+    buffer.truncate(0)
+    with Scripted(pipeline, f"Scabies is treated with permethrin cream applied to the whole body [{wrong}].") as pipe:
+        ask.answer_one(pipe, "How is scabies treated?", "hybrid", 3, as_json=False)
+    text = buffer.getvalue()
+    assert "citation corrected (supported by [1]): Scabies is treated with permethrin cream applied to the " \
+           "whole body [1]." in text

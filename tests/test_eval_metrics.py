@@ -146,8 +146,9 @@ def test_correctness_against_the_reference_for_every_row(embedder):
 
 
 def test_checked_answers_get_raw_metrics_and_failure_modes(scorer):
-    raw = FAITHFUL + " Eating garlic cures it."
-    sentences = [{"text": FAITHFUL, "supported": True}, {"text": "Eating garlic cures it.", "supported": False}]
+    raw = FAITHFUL.replace("[1]", "") + " Eating garlic cures it."
+    sentences = [{"text": FAITHFUL, "supported": True, "citation": "added"},
+                 {"text": "Eating garlic cures it.", "supported": False}]
     record = {"answer": FAITHFUL, "raw_answer": raw, "sentences": sentences, "passages": [GOLD], "abstained": False}
     scores, failures = scorer.score(QUESTION, record)
     assert failures == {}
@@ -155,6 +156,8 @@ def test_checked_answers_get_raw_metrics_and_failure_modes(scorer):
     assert scores["token_f1_raw"] < scores["token_f1"]
     assert scores["check_removed"] == 0.5 and scores["withdrawn"] == 0.0
     assert scores["echo_or_short"] == 0.0 and scores["repetition"] == 0.0 and scores["cites"] == 1.0
+    # The model cited nothing; the check added the marker: both are reported.
+    assert scores["cites_raw"] == 0.0 and scores["check_recited"] == 1.0
     withdrawn, _ = scorer.score(QUESTION, {**record, "answer": "I could not find it.", "abstained": True})
     assert withdrawn["withdrawn"] == 1.0 and "echo_or_short" not in withdrawn and "cites" not in withdrawn
     closed, _ = scorer.score(QUESTION, {"answer": "Permethrin.", "passages": []})

@@ -77,6 +77,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("repetition", "failure-mode", "answers in a repetition loop: a word 3-gram 4+ times "
                "(ragqa.evaluate.failures; answers given)", higher_is_better=False),
     MetricInfo("cites", "failure-mode", "answers citing at least one passage [n] (answers given, with passages)"),
+    MetricInfo("cites_raw", "failure-mode", "cites, of the answer as generated (the check corrects and adds "
+               "markers, so `cites` of a checked answer is the check's work as much as the model's)"),
+    MetricInfo("check_recited", "answer", "share of the sentences the check kept whose citation it corrected "
+               "(they cited another passage) or added (they cited none)", higher_is_better=False),
 ]}
 
 NEEDS_REFERENCE = tuple(m for m, info in METRICS.items() if info.family in ("reference", "correctness")) + (
@@ -326,6 +330,9 @@ class Scorer:
             sentences = record.get("sentences") or []
             if sentences:
                 scores["check_removed"] = sum(not s.get("supported") for s in sentences) / len(sentences)
+                kept = [s for s in sentences if s.get("supported")]
+                if kept:
+                    scores["check_recited"] = sum(s.get("citation", "model") != "model" for s in kept) / len(kept)
         if not abstained and not record.get("error"):
             from ragqa.evaluate.failures import cites, echo_or_short, repetition
 
@@ -333,6 +340,8 @@ class Scorer:
             scores["repetition"] = float(repetition(answer))
             if passages:
                 scores["cites"] = float(cites(answer))
+                if raw is not None:
+                    scores["cites_raw"] = float(cites(raw))
 
         async def run(name: str, fn) -> None:
             try:

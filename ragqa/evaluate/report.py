@@ -310,14 +310,17 @@ def _check_section(summary: dict[str, Any]) -> list[str]:
 
     lines = ["## Answer check (ask.verify: unsupported sentences removed; none left -> abstain)", "",
              "| configuration | checked by | token_f1 raw → checked | nli_faithfulness raw → checked | "
-             "sentences removed | withdrawn | abstained |", "|---|---|---|---|---|---|---|"]
+             "sentences removed | citations corrected or added | withdrawn | abstained |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in checked:
         lines.append(f"| {c} | {', '.join(summary['checked_by'][c])} | {pair('token_f1', c)} | "
                      f"{pair('nli_faithfulness', c)} | {_pct(mean('check_removed', c))} | "
+                     f"{_pct(mean('check_recited', c))} | "
                      f"{_pct(mean('withdrawn', c))} | {_pct(mean('abstained', c))} |")
     return lines + ["", "withdrawn: the check left no supported sentence, so the pipeline abstained (part of "
-                    "abstained). When the same judge checks and scores nli_faithfulness, the checked number is "
-                    "not an independent measurement.", ""]
+                    "abstained). citations corrected or added: of the kept sentences, those whose [n] the check "
+                    "set to the passage that supports them. When the same judge checks and scores "
+                    "nli_faithfulness, the checked number is not an independent measurement.", ""]
 
 
 def _failure_mode_section(summary: dict[str, Any]) -> list[str]:
