@@ -14,7 +14,9 @@ def write_card(folder: Path, card: dict[str, Any]) -> None:
     (folder / CARD).write_text(json.dumps(card, indent=2), encoding="utf-8")
     (folder / "README.md").write_text(model_card(card), encoding="utf-8")
 
+
 def plot_curve(history: list[dict[str, Any]], path: Path) -> None:
+    """The training and validation loss per optimizer step, as a PNG at `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
