@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import uuid
 
 import numpy as np
@@ -175,8 +177,10 @@ def test_incremental_ingest(kind, tmp_path, embedder, monkeypatch, capsys):
         assert client.collection_exists(manifest["store"]["collection"])
         backend("qdrant").remove(manifest["store"])
     else:
-        assert "qdrant/collection/chunks/storage.sqlite" in manifest["files"]
-        assert not any(p.suffix in (".pkl", ".pickle") for p in path.rglob("*"))
+        # Local mode keeps only a safetensors file: nothing in an index folder is unpickled when it is opened.
+        assert sorted(p.relative_to(path).as_posix() for p in (path / "qdrant").rglob("*")) == [
+            "qdrant/vectors.safetensors"]
+        assert "qdrant/vectors.safetensors" in manifest["files"]
 
 
 def _load_error(path, embedder) -> str:
@@ -195,20 +199,26 @@ def test_mismatch_with_the_manifest_is_refused(kind, tmp_path, embedder):
     index.ingest(make_cfg(path, [docs], kind), embedder=embedder)
     record = json.loads((path / "manifest.json").read_text())["store"]
     if kind == "qdrant-local":
-        from qdrant_client import QdrantClient
+        from safetensors.numpy import load_file, save_file
 
-        storage = path / "qdrant/collection/chunks/storage.sqlite"
+        storage = path / "qdrant/vectors.safetensors"
         pristine = storage.read_bytes()
         storage.write_bytes(pristine[:-50] + bytes(50))
-        assert "qdrant/collection/chunks/storage.sqlite does not match its checksum" in _load_error(path, embedder)
+        assert "qdrant/vectors.safetensors does not match its checksum" in _load_error(path, embedder)
         storage.write_bytes(pristine)
-        client = QdrantClient(path=str(path / "qdrant"))  # a point deleted behind ragqa's back
-        client.delete(record["collection"], points_selector=models.PointIdsList(points=[1]))
-        client.close()
-        assert "storage.sqlite does not match its checksum" in _load_error(path, embedder)
+        save_file({"vectors": load_file(str(storage))["vectors"][:2]}, str(storage))  # a point deleted
+        assert "qdrant/vectors.safetensors does not match its checksum" in _load_error(path, embedder)
         rewrite_manifest(path)  # the files now agree with the manifest; the point count still does not
         assert "Qdrant collection chunks holds 2 points of dim 384, the manifest says 3" in _load_error(path,
                                                                                                          embedder)
+        # An index in qdrant-client's own on-disk format (it pickles points) is refused, not opened.
+        shutil.rmtree(path / "qdrant")
+        (path / "qdrant").mkdir()
+        (path / "qdrant/meta.json").write_text("{}")
+        rewrite_manifest(path, lambda m: m["files"].update({"qdrant/meta.json": {}}) or m["files"].pop(
+            "qdrant/vectors.safetensors"))
+        assert "qdrant-client's on-disk storage (pickled points), which ragqa does not open" in _load_error(
+            path, embedder)
     else:
         client = server_client()
         vector = np.zeros(384, dtype=np.float32)
@@ -242,24 +252,16 @@ def test_lock_and_a_second_process(kind, tmp_path, embedder):
     first.store.close()
     second.store.close()
     if kind == "qdrant-local":
-        # Another process holding the local storage (a client outside ragqa's sharing stands in for it).
-        from qdrant_client import QdrantClient
-
-        holder = QdrantClient(path=str(path / "qdrant"))
-        try:
-            message = _load_error_any(path, embedder)
-            assert "Qdrant local storage is open in another process" in message and "--store-url" in message
-        finally:
-            holder.close()
+        # Local mode takes no lock on the folder: another process (a second serve replica) opens the same
+        # index while this one holds it open.
+        held = Retriever.load(path, embedder_model=embedder)
+        code = (f"from ragqa.retrieve import Retriever; r = Retriever.load({str(path)!r}); "
+                "print(r.retrieve('itchy mites', k=1, mode='dense')[0].doc_id)")
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        held.store.close()
+        assert other.returncode == 0 and other.stdout.strip() == "scabies", other.stderr[-2000:]
     else:
         backend("qdrant").remove(json.loads((path / "manifest.json").read_text())["store"])
-
-
-def _load_error_any(path, embedder) -> str:
-    with pytest.raises(RagqaError) as exc:
-        Retriever.load(path, embedder_model=embedder)
-    assert "\n" not in str(exc.value)
-    return str(exc.value)
 
 
 @pytest.mark.skipif(not QDRANT_URL, reason=NO_SERVER)

@@ -1,6 +1,6 @@
 """`ragqa ingest`: build or incrementally update an index, written atomically under a writer lock.
 
-Layout of indexes/NAME/ (nothing is pickled, except by the Qdrant local-mode store: see ragqa/store/qdrant.py):
+Layout of indexes/NAME/ (nothing is pickled):
   faiss.index      the vectors (index.store=faiss; ragqa/store/ names each backend's files)
   bm25/            bm25s's own format: CSC score matrix as .npy (allow_pickle=False) + vocab/params JSON
   chunks.jsonl     one chunk per line, row i = vector i = BM25 doc i
@@ -259,7 +259,7 @@ def _write(tmp: Path, store: VectorStore, cfg, corpus: Corpus, chunker: Chunker,
         for chunk in chunks:
             fh.write(json.dumps(chunk.record(), ensure_ascii=False) + "\n")
     files = {f.relative_to(tmp).as_posix(): {"bytes": f.stat().st_size, "sha256": sha256_file(f)}
-             for f in sorted(tmp.rglob("*")) if f.is_file() and f.name not in store.unlisted}
+             for f in sorted(tmp.rglob("*")) if f.is_file()}
     now = datetime.now(UTC).isoformat(timespec="seconds")
     manifest: dict[str, Any] = {
         "format": FORMAT,

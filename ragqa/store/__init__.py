@@ -37,9 +37,6 @@ class VectorStore(ABC):
     name: ClassVar[str]
     external: ClassVar[bool] = False
     """True when the vectors live outside the index folder (then `record` is written to RECORD_FILE)."""
-    unlisted: ClassVar[frozenset[str]] = frozenset()
-    """Names of files the backend keeps in the index folder that change on their own (a lock file): left out of
-    the manifest's file checksums."""
 
     @classmethod
     @abstractmethod

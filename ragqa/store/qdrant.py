@@ -4,10 +4,12 @@ Points are the chunk vectors, id = row, no payload (chunks.jsonl holds the text,
 Dot distance: the vectors are normalized at ingest, so scores are cosines, as with FAISS, and Qdrant stores the
 vectors unchanged (Cosine distance would normalize them again and change their last bits and checksum).
 
-- Local mode (index.store_url unset): qdrant-client's embedded engine keeps the collection in `qdrant/` inside
-  the index folder, so it is written, swapped and checksummed with the rest of the index. It searches exactly
-  (brute force), allows one process at a time (its own lock), and its storage pickles each point: open only
-  indexes you built or trust (FAISS indexes and server collections hold no pickle).
+- Local mode (index.store_url unset): the vectors are kept in `qdrant/vectors.safetensors` inside the index
+  folder (written, swapped and checksummed with the rest of the index) and loaded into qdrant-client's
+  in-memory engine when the index is opened. qdrant-client's own on-disk local storage is not used: it pickles
+  every point, and an index folder is something people hand each other (ragqa loads no pickle it did not make
+  in the same process). In memory it also takes no lock, so any number of processes (serve replicas) can open
+  one index. It searches exactly (brute force).
 - Server (index.store_url): each ingest writes a new collection PREFIX-<12 hex> and records it in the manifest;
   once the new manifest is in, the replaced collection is deleted; a killed ingest's collection is deleted by
   the next one (the temp folder names it in store.json). index_type flat is exact search (no HNSW graph is
@@ -18,13 +20,11 @@ Hybrid search fuses with ragqa's own BM25 (ragqa.retrieve): Qdrant serves the de
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import hashlib
 import os
 import secrets
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from ragqa.store import VectorStore
 from ragqa.terminal import say
 
 LOCAL_DIR = "qdrant"
+LOCAL_VECTORS = "vectors.safetensors"
 LOCAL_COLLECTION = "chunks"
 UPLOAD_BATCH = 256
 SCROLL_BATCH = 1024
@@ -86,65 +87,20 @@ def _unreachable(url: str, what: str, exc: BaseException) -> RagqaError:
                       "running, and is --store-url / index.store_url right?")
 
 
-class _Local:
-    """One open local-mode client per storage folder and process: qdrant-client locks the folder per client,
-    so a second Retriever on the same index in this process shares the first one's client. The client closes
-    when the last store using it is gone."""
+def _memory_client():
+    """qdrant-client's embedded engine, in memory (see the module docstring for why not on disk)."""
+    from qdrant_client import QdrantClient
 
-    _open: weakref.WeakValueDictionary[tuple[str, int, int], _Local] = weakref.WeakValueDictionary()
-
-    def __init__(self, storage: Path):
-        from qdrant_client import QdrantClient
-
-        with warnings.catch_warnings():
-            # "Local mode is not recommended for collections with more than 20,000 points": ingest says it once.
-            warnings.filterwarnings("ignore", category=UserWarning, module="qdrant_client")
-            self.client = QdrantClient(path=str(storage))
-
-    @classmethod
-    def open(cls, storage: Path, index: Path) -> _Local:
-        # The folder's identity, not just its path: after a re-ingest the same path is another storage.
-        meta = os.stat(storage / "meta.json")
-        key = (str(storage.resolve()), meta.st_ino, meta.st_mtime_ns)
-        handle = cls._open.get(key)
-        if handle is None:
-            try:
-                handle = cls(storage)
-            except RuntimeError as exc:
-                if "already accessed" not in str(exc):
-                    raise
-                raise RagqaError(f"index {index}: its Qdrant local storage is open in another process (local mode "
-                                 "serves one process at a time); stop that process, or put the index on a Qdrant "
-                                 "server (ragqa ingest --store qdrant --store-url URL)") from None
-            cls._open[key] = handle
-        return handle
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-        except Exception:  # noqa: BLE001, S110 - closing is best effort (at exit, modules may be gone)
-            pass
-
-    def __del__(self) -> None:
-        self.close()
-
-    @classmethod
-    def close_all(cls) -> None:
-        """At exit, while imports still work: qdrant-client's own close imports portalocker."""
-        for handle in list(cls._open.values()):
-            handle.close()
-
-
-atexit.register(_Local.close_all)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="qdrant_client")
+        return QdrantClient(location=":memory:")
 
 
 class Store(VectorStore):
     name = "qdrant"
-    unlisted = frozenset({".lock"})  # qdrant-client's lock file in local mode
 
     def __init__(self, client, collection: str, params: dict[str, Any], *, url: str | None, api_key_env: str,
-                 count: int = 0, digest: str | None = None, local: _Local | None = None, index: Path | None = None,
-                 writable: bool = False):
+                 count: int = 0, digest: str | None = None, index: Path | None = None, writable: bool = False):
         self.client = client
         self.collection = collection
         self._params = params
@@ -153,8 +109,9 @@ class Store(VectorStore):
         self._count = count
         self._digest = digest
         self._hash = hashlib.sha256()
-        self._local = local  # keeps a shared local client open while this store lives
         self._index = index
+        self._local: list[np.ndarray] | np.ndarray | None = None
+        """Local mode: the vectors added so far (a list, while writing) or all of them (an array, once loaded)."""
         self._writable = writable
         self._created = False
         self._dim: int | None = None
@@ -221,10 +178,9 @@ class Store(VectorStore):
         url = params.get("url")
         if url is None:
             (folder / LOCAL_DIR).mkdir()
-            from qdrant_client import QdrantClient
-
-            client = QdrantClient(path=str(folder / LOCAL_DIR))
-            store = cls(client, LOCAL_COLLECTION, params, url=None, api_key_env="", index=index, writable=True)
+            store = cls(_memory_client(), LOCAL_COLLECTION, params, url=None, api_key_env="", index=index,
+                        writable=True)
+            store._local, store._write_to = [], folder / LOCAL_DIR
         else:
             collection = f"{params['collection']}-{secrets.token_hex(6)}"
             store = cls(cls._server(url, params["api_key_env"]), collection, params, url=url,
@@ -263,6 +219,8 @@ class Store(VectorStore):
                                           wait=True)
         self._hash.update(vectors.tobytes())
         self._count += len(vectors)
+        if isinstance(self._local, list):
+            self._local.append(vectors)
 
     def save(self) -> dict[str, Any]:
         if not self._created:
@@ -277,8 +235,12 @@ class Store(VectorStore):
             say(f"[yellow]note: Qdrant local mode searches {self._count} points by brute force in Python; at this "
                 "size a Qdrant server (--store-url) or FAISS answers sooner[/yellow]")
         if self._url is None:
-            self.client.close()  # local mode writes its sqlite file for good on close; the swap follows
-            self.client = None
+            from safetensors.numpy import save_file
+
+            dim = self._dim or 0
+            vectors = np.concatenate(self._local) if self._local else np.empty((0, dim), dtype=np.float32)
+            save_file({"vectors": vectors}, str(self._write_to / LOCAL_VECTORS))  # the index's swap follows
+            self._local = vectors
         return self.record
 
     def abort(self) -> None:
@@ -299,7 +261,7 @@ class Store(VectorStore):
             client.close()
 
     def close(self) -> None:
-        if self.client is not None and self._local is None:
+        if self.client is not None:
             with contextlib.suppress(Exception):
                 self.client.close()
         self.client = None
@@ -313,13 +275,13 @@ class Store(VectorStore):
         count, dim = manifest["counts"]["chunks"], manifest["embedder"]["dim"]
         url = record.get("url")
         if url is None:
-            storage = folder / LOCAL_DIR
-            if not (storage / "meta.json").is_file():
-                raise RagqaError(f"index {folder}: {LOCAL_DIR}/ (its Qdrant local storage) is missing: "
-                                 f"{reingest_hint(folder)}")
-            local = _Local.open(storage, folder)
-            store = cls(local.client, record["collection"], params, url=None, api_key_env="", count=count,
-                        digest=record["sha256"], local=local, index=folder)
+            store = cls(_memory_client(), record["collection"], params, url=None, api_key_env="", count=count,
+                        digest=record["sha256"], index=folder)
+            try:
+                store._open_local(folder, count, dim, verify)
+            except BaseException:
+                store.close()
+                raise
         else:
             store = cls(cls._server(url, record["api_key_env"]), record["collection"], params, url=url,
                         api_key_env=record["api_key_env"], count=count, digest=record["sha256"], index=folder)
@@ -329,6 +291,37 @@ class Store(VectorStore):
             store.close()
             raise
         return store
+
+    def _open_local(self, folder: Path, count: int, dim: int, verify: bool) -> None:
+        """Read qdrant/vectors.safetensors (checked against the manifest) into the in-memory collection."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        path = folder / LOCAL_DIR / LOCAL_VECTORS
+        if not path.is_file():
+            # Indexes from before this layout hold qdrant-client's on-disk storage, which pickles every point.
+            old = (folder / LOCAL_DIR / "meta.json").is_file()
+            what = ("holds qdrant-client's on-disk storage (pickled points), which ragqa does not open" if old
+                    else f"lacks {LOCAL_DIR}/{LOCAL_VECTORS} (its vectors)")
+            raise RagqaError(f"index {folder} {what}: {reingest_hint(folder)}")
+        try:
+            vectors = load_file(str(path)).get("vectors")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise RagqaError(f"index {folder}: {LOCAL_DIR}/{LOCAL_VECTORS} is damaged ({exc}): "
+                             f"{reingest_hint(folder)}") from None
+        if vectors is None or vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape != (count, dim):
+            shape = "no vectors" if vectors is None else f"{vectors.shape[0]} points of dim {vectors.shape[-1]}"
+            raise RagqaError(f"index {folder}: Qdrant collection {self.collection} holds {shape}, the manifest "
+                             f"says {count} of dim {dim}: {reingest_hint(folder)}")
+        if verify and hashlib.sha256(vectors.tobytes()).hexdigest() != self._digest:
+            raise RagqaError(f"index {folder}: {LOCAL_DIR}/{LOCAL_VECTORS} does not match the manifest's checksum "
+                             f"(changed outside ragqa): {reingest_hint(folder)}")
+        self._dim, self._writable, self._count = dim, True, 0
+        if count:
+            self.add(vectors)
+        else:
+            self._create_collection()
+        self._count, self._writable, self._local = count, False, vectors
 
     def _check(self, folder: Path, count: int, dim: int, verify: bool) -> None:
         where = f"Qdrant collection {self.collection}" + (f" at {self._url}" if self._url else "")
@@ -366,6 +359,15 @@ class Store(VectorStore):
         return [(int(p.id), float(p.score)) for p in found]
 
     def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        if isinstance(self._local, np.ndarray):  # local mode: the array the collection was filled from
+            if rows is None:
+                return self._local
+            rows = [int(r) for r in rows]
+            outside = [r for r in rows if not 0 <= r < len(self._local)]
+            if outside:
+                raise RagqaError(f"index {self._index}: Qdrant collection {self.collection} lacks rows "
+                                 f"{outside[:5]}: {reingest_hint(self._index or Path('.'))}")
+            return self._local[rows]
         if rows is None:
             return self._all_vectors()
         rows = [int(r) for r in rows]
