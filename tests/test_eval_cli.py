@@ -70,6 +70,37 @@ def test_eval_end_to_end_and_rerun_is_identical(index, tmp_path):
     assert json.loads((out / "summary.json").read_text())["metrics"] == summary["metrics"]
 
 
+def test_rescore_judges_the_stored_answers_again_and_generates_nothing(index, tmp_path, tiny_judge):
+    out = tmp_path / "report"
+    args = ["eval", "--index", str(index), "--limit", "2", "--configs", "base,rag", "--output", str(out),
+            "--set", "ask.max_new_tokens=12", "--bootstrap", "300", "--quiet"]
+    refused = run_cli(*args, "--rescore")
+    assert refused.returncode != 0 and "holds no eval results" in refused.stderr and not out.exists()
+    assert run_cli(*args, "--nli-judge", "none").returncode == 0
+    before = _lines(out / "results.jsonl")
+    assert not any("nli_faithfulness_raw" in r["scores"] for r in before)
+
+    res = run_cli(*args, "--nli-judge", str(tiny_judge), "--rescore")
+    assert res.returncode == 0, res.stderr
+    assert "2 questions x 2 configurations rescored" in res.stdout
+    after = _lines(out / "results.jsonl")
+    answers = lambda rows: [{k: v for k, v in r.items() if k not in ("scores", "failures")} for r in rows]  # noqa: E731
+    assert answers(after) == answers(before)  # same answers, passages, checks and timings: nothing regenerated
+    for r in after:
+        judged = {*r["scores"], *r["failures"]}
+        assert ("nli_faithfulness_raw" in judged) == (r["config"] == "rag")
+        assert "lexical_faithfulness" not in judged and r["scores"]["token_f1"] is not None
+    md = (out / "report.md").read_text()
+    assert "nli_judge: disabled" not in md and "- scores: rescored" in md
+    assert json.loads((out / "run.json").read_text())["nli_judge"] != "disabled (--nli-judge none)"
+
+    more = run_cli(*[a if a != "2" else "3" for a in args], "--rescore")  # a question never answered
+    assert more.returncode != 0 and "lacks 2 answers" in more.stderr
+    other = run_cli(*args, "--set", "retrieval.k=2", "--rescore")
+    assert other.returncode != 0 and "retrieval changed" in other.stderr
+    assert _lines(out / "results.jsonl") == after  # refusals leave the report as it was
+
+
 def test_eval_without_adapter_refuses_lora_rows(index, tmp_path):
     res = run_cli("eval", "--index", str(index), "--limit", "1", "--output", str(tmp_path / "o"), *FAST)
     assert res.returncode == 2 and "lora, rag+lora need an adapter" in res.stderr

@@ -259,6 +259,32 @@ def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> Re
     return ResultsLog(results)
 
 
+def open_for_rescore(output: Path, fingerprint: dict[str, Any]) -> ResultsLog:
+    """The stored results of the run `fingerprint` describes; only the LLM judge may differ (it is what a
+    rescore may add)."""
+    meta_path, results = output / RUN_META, output / RESULTS
+    if not (meta_path.is_file() and results.is_file()):
+        raise RagqaError(f"--rescore: {output} holds no eval results; run `ragqa eval` without --rescore first")
+    try:
+        before = json.loads(meta_path.read_text(encoding="utf-8")).get("fingerprint", {})
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        raise RagqaError(f"--rescore: {meta_path} is damaged; run the evaluation again with --fresh") from None
+    changed = sorted(k for k in fingerprint if k != "judge" and before.get(k) != fingerprint[k])
+    if changed:
+        raise RagqaError(f"--rescore: {output} holds answers of a different run ({', '.join(changed)} changed): "
+                         "pass the options that run used")
+    return ResultsLog(results)
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    """A whole results.jsonl, in ResultsLog's line format (the caller's folder swap makes it atomic)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)  # no copy of a large results.jsonl, and no extra space on a nearly full disk
@@ -280,6 +306,32 @@ def report_swap(output: Path, rewritten: tuple[str, ...]):
 def _passage_record(p) -> dict[str, Any]:
     return {"chunk_id": p.chunk_id, "doc_id": p.doc_id, "title": p.title, "text": p.text,
             "score": round(float(p.score), 6)}
+
+
+JUDGE_NOTES = ("nli_judge", "ref_scorer", "answer_relevance")
+"""run.json's notes on what scored the answers, shown in the report."""
+
+
+def make_scorer(cfg: Config, note, *, judge: str | None, judge_base_url: str | None,
+                judge_api_key_env: str | None, nli_judge: str | None):
+    """The Scorer of this run, with the judges available now; `note(key, text)` hears what each JUDGE_NOTES
+    column is scored by (or why it is not)."""
+    from ragqa.evaluate.metrics import Scorer, make_llm_judge
+    from ragqa.models import load_embedder
+
+    nli, nli_note = load_nli_judge(cfg, nli_judge)
+    ref_judge = load_ref_judge(nli)
+    note("nli_judge", nli_note)
+    note("ref_scorer", ref_judge.name)
+    llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens,
+                         api_key_env=judge_api_key_env) if judge else None
+    relevance, relevance_note = load_relevance_model(cfg)
+    note("answer_relevance", relevance_note)
+    # Without an NLI judge the lexical scorer (ref_judge then) gives lexical_faithfulness: every run, and
+    # above all one without reference answers, gets a faithfulness number.
+    return Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
+                  llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge, reranker=relevance,
+                  lexical_judge=ref_judge if nli is None else None)
 
 
 def load_nli_judge(cfg: Config, spec: str | None):
@@ -356,6 +408,23 @@ def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: Re
     return total
 
 
+def rescore_records(rows: list[dict], configs: list[EvalConfig], log: ResultsLog, scorer, *,
+                    progress: bool = True) -> int:
+    """Score the stored answers of `rows` x `configs` again, in place in log.records; returns how many."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    by_id = {r["id"]: r for r in rows}
+    names = {c.name for c in configs}
+    todo = [rec for rec in log.records if str(rec["qid"]) in by_id and rec["config"] in names]
+    with Progress(TextColumn("rescore"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=False) as bar:
+        task = bar.add_task("rescore", total=len(todo))
+        for record in todo:
+            record["scores"], record["failures"] = scorer.score(by_id[str(record["qid"])], record)
+            bar.advance(task)
+    return len(todo)
+
+
 def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
     """Run questions through one configuration as one batch; a question the pipeline refuses becomes an error
     record (the batch is then answered one by one, so one bad question never costs the others)."""
@@ -386,11 +455,17 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
              output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
              judge_base_url: str | None = None, judge_api_key_env: str | None = None, nli_judge: str | None = None,
              exclude_trained: bool = False, fresh: bool = False, progress: bool = True,
-             overwrite: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, rescore: bool = False) -> dict[str, Any]:
     """Run (or resume) the matrix and write the report; returns the summary with `paths`.
 
-    An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite)."""
+    An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite). `rescore`
+    (--rescore) generates nothing: the stored answers of a finished matrix are scored again with the judges
+    available now (a newly trained NLI judge or reranker, an LLM judge), and results.jsonl, run.json and the
+    report are replaced together."""
     from ragqa.evaluate import report
+
+    if rescore and fresh:
+        raise RagqaError("--rescore scores the stored answers again; it cannot be combined with --fresh")
 
     adapter = AdapterSpec.of(adapter)
     for path in adapter.paths if adapter else ():
@@ -418,32 +493,30 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
                                    limit=limit, sample=sample, seed=seed)
     output = Path(output)
     check_output_dir(output, "eval report", MARKERS, overwrite=overwrite)
-    log = prepare_output(output, run_fingerprint(cfg, questions_path, adapter, judge), fresh)
+    fingerprint = run_fingerprint(cfg, questions_path, adapter, judge)
+    log = open_for_rescore(output, fingerprint) if rescore else prepare_output(output, fingerprint, fresh)
     meta_path = output / RUN_META
     previous = json.loads(meta_path.read_text(encoding="utf-8"))
-    nli_note, ref_note = previous.get("nli_judge", "not run"), previous.get("ref_scorer", "not run")
-    relevance_note = previous.get("answer_relevance", "not run")
+    notes_now = {k: previous.get(k, "not run") for k in JUDGE_NOTES}
     start = time.perf_counter()
-    if any((r["id"], c.name) not in log.done for r in rows for c in plan):
-        from ragqa.evaluate.metrics import Scorer, make_llm_judge
-        from ragqa.models import load_embedder
+    pending = [(r["id"], c.name) for r in rows for c in plan if (r["id"], c.name) not in log.done]
+    if rescore and pending:
+        raise RagqaError(f"--rescore: {output} lacks {len(pending)} answers of this matrix (first: question "
+                         f"{pending[0][0]}, {pending[0][1]}); run the same command without --rescore to finish it")
+    if pending or rescore:
+        def note(key: str, value: str) -> None:
+            notes_now[key] = value
+            if not rescore:  # a resumed run shows what scored it so far; a rescore swaps run.json at the end
+                write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), key: value},
+                                  indent=2, sort_keys=True)
 
-        nli, nli_note = load_nli_judge(cfg, nli_judge)
-        ref_judge = load_ref_judge(nli)
-        ref_note = ref_judge.name
-        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")), "nli_judge": nli_note,
-                                      "ref_scorer": ref_note}, indent=2, sort_keys=True)
-        llm = make_llm_judge(judge, judge_base_url, cfg.model.device, cfg.eval.judge_max_new_tokens,
-                             api_key_env=judge_api_key_env) if judge else None
-        relevance, relevance_note = load_relevance_model(cfg)
-        write_json_atomic(meta_path, {**json.loads(meta_path.read_text(encoding="utf-8")),
-                                      "answer_relevance": relevance_note}, indent=2, sort_keys=True)
-        # Without an NLI judge the lexical scorer (ref_judge then) gives lexical_faithfulness: every run, and
-        # above all one without reference answers, gets a faithfulness number.
-        scorer = Scorer(load_embedder(cfg.model.embedder, cfg.model.device), nli_judge=nli, llm=llm,
-                        llm_metrics=cfg.eval.judge_metrics, ref_judge=ref_judge, reranker=relevance,
-                        lexical_judge=ref_judge if nli is None else None)
-        run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
+        scorer = make_scorer(cfg, note, judge=judge, judge_base_url=judge_base_url,
+                             judge_api_key_env=judge_api_key_env, nli_judge=nli_judge)
+        if rescore:
+            rescore_records(rows, plan, log, scorer, progress=progress)
+        else:
+            run_matrix(cfg, rows, plan, log, adapter=adapter, scorer=scorer, progress=progress)
+    nli_note, ref_note, relevance_note = (notes_now[k] for k in JUDGE_NOTES)
     elapsed = time.perf_counter() - start
     names = [c.name for c in plan]
     records = report.group_records(log.records, {r["id"] for r in rows}, names)
@@ -459,7 +532,15 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
             "answer check (ask.verify)": cfg.ask.verify, "excluded_trained": notes["excluded_trained"]}
     if "warning" in notes:
         meta["warning"] = notes["warning"]
-    with report_swap(output, report.REPORT_FILES) as tmp:
+    if rescore:
+        meta["scores"] = f"rescored {time.strftime('%Y-%m-%d %H:%M')} (answers, timings and checks as first run)"
+    rewritten = report.REPORT_FILES + ((RESULTS, RUN_META) if rescore else ())
+    with report_swap(output, rewritten) as tmp:
+        if rescore:
+            write_records(tmp / RESULTS, log.records)
+            write_json_atomic(tmp / RUN_META, {**previous, **notes_now, "fingerprint": fingerprint,
+                                               "updated": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                              indent=2, sort_keys=True)
         summary = report.write_report(tmp, records, names, meta, seed=seed, n_resamples=cfg.eval.bootstrap,
                                       references=references)
     summary["paths"] = {name: str(output / name) for name in
