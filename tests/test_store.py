@@ -207,7 +207,7 @@ def test_mismatch_with_the_manifest_is_refused(kind, tmp_path, embedder):
         assert "qdrant/vectors.safetensors does not match its checksum" in _load_error(path, embedder)
         storage.write_bytes(pristine)
         save_file({"vectors": load_file(str(storage))["vectors"][:2]}, str(storage))  # a point deleted
-        assert "qdrant/vectors.safetensors does not match its checksum" in _load_error(path, embedder)
+        assert "qdrant/vectors.safetensors is missing or truncated" in _load_error(path, embedder)
         rewrite_manifest(path)  # the files now agree with the manifest; the point count still does not
         assert "Qdrant collection chunks holds 2 points of dim 384, the manifest says 3" in _load_error(path,
                                                                                                          embedder)
