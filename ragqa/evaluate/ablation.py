@@ -146,6 +146,11 @@ def select_questions(rows: list[dict], adapter: str | AdapterSpec | None, *, def
     return rows, notes
 
 
+def _record_line(record: dict) -> str:
+    """One results.jsonl line."""
+    return json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
+
+
 class ResultsLog:
     """results.jsonl: one JSON line per finished (question, configuration), appended with fsync."""
 
@@ -187,7 +192,7 @@ class ResultsLog:
 
     def append(self, record: dict) -> None:
         """Write one record durably; a kill before the fsync loses at most this record, a full disk none."""
-        line = memoryview((json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+        line = memoryview(_record_line(record).encode("utf-8"))
         with open(self.path, "ab", buffering=0) as fh:  # unbuffered: the line goes out in one write()
             end = fh.tell()
             try:
@@ -280,7 +285,7 @@ def write_records(path: Path, records: list[dict]) -> None:
     """A whole results.jsonl, in ResultsLog's line format (the caller's folder swap makes it atomic)."""
     with open(path, "w", encoding="utf-8") as fh:
         for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
+            fh.write(_record_line(record))
         fh.flush()
         os.fsync(fh.fileno())
 

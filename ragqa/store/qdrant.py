@@ -112,6 +112,8 @@ class Store(VectorStore):
         self._index = index
         self._local: list[np.ndarray] | np.ndarray | None = None
         """Local mode: the vectors added so far (a list, while writing) or all of them (an array, once loaded)."""
+        self._write_to: Path | None = None
+        """Local mode, while writing: the folder save() writes LOCAL_VECTORS into."""
         self._writable = writable
         self._created = False
         self._dim: int | None = None
@@ -210,17 +212,21 @@ class Store(VectorStore):
         if not self._writable:
             raise RagqaError("a loaded Qdrant store is read-only: ingest writes a new collection")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not self._created:
-            self._create_collection()
-        ids = list(range(self._count, self._count + len(vectors)))
-        with _server_errors(self._url, f"uploading to collection {self.collection}"), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="qdrant_client")
-            self.client.upload_collection(self.collection, vectors=vectors, ids=ids, batch_size=UPLOAD_BATCH,
-                                          wait=True)
+        self._upload(vectors, start=self._count)
         self._hash.update(vectors.tobytes())
         self._count += len(vectors)
         if isinstance(self._local, list):
             self._local.append(vectors)
+
+    def _upload(self, vectors: np.ndarray, start: int) -> None:
+        """Points start, start+1, ... with `vectors`, into the collection (created on first use)."""
+        if not self._created:
+            self._create_collection()
+        ids = list(range(start, start + len(vectors)))
+        with _server_errors(self._url, f"uploading to collection {self.collection}"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="qdrant_client")
+            self.client.upload_collection(self.collection, vectors=vectors, ids=ids, batch_size=UPLOAD_BATCH,
+                                          wait=True)
 
     def save(self) -> dict[str, Any]:
         if not self._created:
@@ -316,12 +322,12 @@ class Store(VectorStore):
         if verify and hashlib.sha256(vectors.tobytes()).hexdigest() != self._digest:
             raise RagqaError(f"index {folder}: {LOCAL_DIR}/{LOCAL_VECTORS} does not match the manifest's checksum "
                              f"(changed outside ragqa): {reingest_hint(folder)}")
-        self._dim, self._writable, self._count = dim, True, 0
+        self._dim = dim
         if count:
-            self.add(vectors)
+            self._upload(vectors, start=0)
         else:
             self._create_collection()
-        self._count, self._writable, self._local = count, False, vectors
+        self._local = vectors
 
     def _check(self, folder: Path, count: int, dim: int, verify: bool) -> None:
         where = f"Qdrant collection {self.collection}" + (f" at {self._url}" if self._url else "")
