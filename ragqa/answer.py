@@ -81,6 +81,23 @@ class Answer:
         }
 
 
+def check(answer: Answer, checker, shown: Sequence[Passage], cut_off: bool = False) -> None:
+    """Check `answer` in place (ask.verify): keep its sentences that the passages as shown support
+    (ragqa.judge.check); none left -> abstain with the nearest sources. The text as generated stays in
+    raw_answer, each sentence's verdict in sentences. `ragqa eval --recheck` calls it on stored answers."""
+    from ragqa.judge.check import check_answer
+
+    raw = answer.raw_answer if answer.raw_answer is not None else answer.answer
+    checked = check_answer(checker, raw, shown, cut_off, answer.question)
+    answer.raw_answer, answer.checked_by = raw, checked.checked_by
+    answer.sentences = [s.to_dict() for s in checked.sentences]
+    if checked.supported:
+        answer.answer, answer.abstained = checked.text, False
+        answer.citations = clean_citations(checked.text, len(answer.passages)).cited
+    else:
+        answer.answer, answer.citations, answer.abstained = ABSTAIN_TEXT, [], True
+
+
 def quantize_int8(model):
     """Dynamic int8 quantization of the model's Linear layers (CPU only; LoRA layers stay float)."""
     import warnings
@@ -343,18 +360,9 @@ class Pipeline:
     def _check(self, answer: Answer, mode: str, cut_off: bool = False) -> None:
         """Keep the answer's supported sentences (ask.verify); none left -> abstain with the nearest sources.
         cut_off: generation stopped at its token budget (an unfinished last sentence is dropped)."""
-        from ragqa.judge.check import check_answer
-
         start = time.perf_counter()
-        checked = check_answer(self.checker, answer.answer, self.shown(answer.passages, mode), cut_off)
+        check(answer, self.checker, self.shown(answer.passages, mode), cut_off)
         answer.timings["verify_s"] = round(time.perf_counter() - start, 4)
-        answer.raw_answer, answer.checked_by = answer.answer, checked.checked_by
-        answer.sentences = [s.to_dict() for s in checked.sentences]
-        if checked.supported:
-            answer.answer = checked.text
-            answer.citations = clean_citations(checked.text, len(answer.passages)).cited
-        else:
-            answer.answer, answer.citations, answer.abstained = ABSTAIN_TEXT, [], True
 
     def _generate(self, prompts: list[str], use_adapter: bool, on_token=None,
                   max_new_tokens: int | Sequence[int] | None = None,

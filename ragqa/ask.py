@@ -66,15 +66,20 @@ def print_check(answer, streamed: bool) -> None:
     sentences = answer.sentences or []
     if answer.withdrawn:
         where = "above " if streamed else ""
-        out.print(Text(f"No sentence of the answer {where}is supported by the passages "
+        out.print(Text(f"No sentence of the answer {where}is both supported by the passages and informative "
                        f"(checked by {answer.checked_by}): it is withdrawn.", style="yellow"))
         if not streamed:
+            from ragqa.judge.check import dropped_because
+
             for s in sentences:
-                out.print(Text.assemble(("  removed: ", "dim"), (s["text"], "dim strike")))
+                out.print(Text.assemble((f"  removed ({dropped_because(s['label'])}): ", "dim"),
+                                        (s["text"], "dim strike")))
         return
+    from ragqa.judge.check import dropped_because
+
     removed = [s for s in sentences if not s["supported"]]
     for s in removed:
-        out.print(Text.assemble(("removed (not supported by the passages): ", "dim"), (s["text"], "dim strike")))
+        out.print(Text.assemble((f"removed ({dropped_because(s['label'])}): ", "dim"), (s["text"], "dim strike")))
     if streamed:  # the streamed text carries the model's own markers; say which ones the check set
         for s in sentences:
             if s["supported"] and s.get("citation", "model") != "model":

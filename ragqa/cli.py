@@ -305,6 +305,9 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--rescore", is_flag=True, help="Generate nothing: score the stored answers of a finished run in "
                                               "--output again with the judges available now (after `ragqa judge "
                                               "train`, `rerank train` or with --judge); same options as that run.")
+@click.option("--recheck", is_flag=True, help="With --rescore (implied): first run the answer check (ask.verify) "
+                                               "again on the stored answers as generated, with the checker "
+                                               "available now (e.g. a judge trained since); no generation.")
 @click.option("--overwrite", is_flag=True, help="Write the report into --output even if it is not a ragqa eval "
                                                  "report folder (its report files are replaced, others kept).")
 @click.option("--bootstrap", "n_resamples", type=int, help="Bootstrap resamples for CIs and p-values (2000).")
@@ -314,8 +317,8 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_weights, configs, limit, sample, output,
-             seed, judge, judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, rescore, overwrite,
-             n_resamples, retrieval_only, k, retrieval, quiet) -> None:
+             seed, judge, judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, rescore, recheck,
+             overwrite, n_resamples, retrieval_only, k, retrieval, quiet) -> None:
     """Run the ablation matrix base / lora / rag / rag+lora and write a report (resumable)."""
     adapter = _adapter_spec(adapters, adapter_weights)
     cfg = _build_config(config_path, overrides, {
@@ -333,9 +336,10 @@ def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_we
                        output=output, seed=seed, judge=judge, judge_base_url=judge_base_url,
                        judge_api_key_env=judge_api_key_env, nli_judge=nli_judge,
                        exclude_trained=exclude_trained, fresh=fresh, progress=not quiet, overwrite=overwrite,
-                       rescore=rescore)
+                       rescore=rescore, recheck=recheck)
     click.echo(printable(f"{summary['questions']} questions x {len(summary['configs'])} configurations"
-                         f"{' rescored' if rescore else ''} in {summary['wall_s']} s; report: "
+                         f"{' rechecked and rescored' if recheck else ' rescored' if rescore else ''} in "
+                         f"{summary['wall_s']} s; report: "
                          f"{summary['paths']['report.md']} "
                          f"(also report.html, matrix.png, results.jsonl)"
                          + ("" if summary["reference_answers"] else

@@ -88,6 +88,30 @@ def test_a_sentence_is_checked_against_the_passages_it_cites_and_its_citation_co
     assert stray.text.strip() == "Scabies is treated with permethrin cream [2]."
 
 
+def test_sentences_that_say_nothing_new_are_dropped_however_well_supported():
+    # Shapes measured on held-out MedQuAD answers: a passage's heading copied (it restates the question), a
+    # sentence repeated in a loop, a question copied from a passage, a list's lead-in with no list after it.
+    question = "What are the treatments for scabies ?"
+    answer = ("Treatments for scabies [2]. Scabies is treated with permethrin 5% cream [2]. "
+              "Scabies is treated with permethrin 5% cream [2]. How is scabies treated?\n"
+              "The treatment is repeated after one week [2]. These include the following: [2]")
+    checked = check_answer(LexicalJudge(), answer, [CHILBLAINS, SCABIES + " How is scabies treated? "
+                                                    "These include the following: creams."], question=question)
+    assert [(s.supported, s.label) for s in checked.sentences] == [
+        (False, "echo"), (True, "entailment"), (False, "repeated"), (False, "no claim"), (True, "entailment"),
+        (False, "no claim")]
+    assert checked.text == ("Scabies is treated with permethrin 5% cream [2].\n"
+                            "The treatment is repeated after one week [2].")
+    # A loop inside one sentence is a repeat too; restating a yes/no question answers it, so it stays.
+    loop = "Scabies cream is applied, cream is applied, cream is applied, cream is applied to the body [2]."
+    assert check_answer(LexicalJudge(), loop, [SCABIES]).sentences[0].label == "repeated"
+    yes_no = check_answer(LexicalJudge(), "Scabies is treated with permethrin cream [1].", [SCABIES],
+                          question="Is scabies treated with permethrin cream?")
+    assert yes_no.supported
+    # Only heading copies go: without the question nothing is an echo.
+    assert check_answer(LexicalJudge(), "Treatments for scabies [1].", [SCABIES]).supported
+
+
 def test_support_scorer_falls_back_to_lexical_only_for_the_default(tmp_path, monkeypatch):
     from ragqa.config import load_config
     from ragqa.judge import support_scorer

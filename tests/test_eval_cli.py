@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,33 @@ def test_rescore_judges_the_stored_answers_again_and_generates_nothing(index, tm
     other = run_cli(*args, "--set", "retrieval.k=2", "--rescore")
     assert other.returncode != 0 and "retrieval changed" in other.stderr
     assert _lines(out / "results.jsonl") == after  # refusals leave the report as it was
+
+
+def test_recheck_equals_a_fresh_run_with_the_new_checker_and_generates_nothing(index, tmp_path, tiny_judge):
+    out, fresh = tmp_path / "report", tmp_path / "fresh"
+    args = ["eval", "--index", str(index), "--limit", "2", "--configs", "rag,base", "--set", "ask.max_new_tokens=12",
+            "--bootstrap", "300", "--quiet", "--nli-judge", "none"]
+    assert run_cli(*args, "--output", str(out), "--set", "judge.name=lexical").returncode == 0
+    before = _lines(out / "results.jsonl")
+    assert {r["checked_by"] for r in before if r["config"] == "rag"} == {"lexical"}
+
+    judged = ["--set", f"judge.name={tiny_judge}"]
+    res = run_cli(*args, "--output", str(out), *judged, "--recheck")
+    assert res.returncode == 0, res.stderr
+    assert "2 questions x 2 configurations rechecked and rescored" in res.stdout
+    assert run_cli(*args, "--output", str(fresh), *judged).returncode == 0  # generated again, checked by the judge
+    kept = ("qid", "config", "answer", "raw_answer", "sentences", "checked_by", "citations", "abstained", "passages")
+    same = lambda rows: sorted([{k: r.get(k) for k in kept} for r in rows], key=lambda r: (r["qid"], r["config"]))  # noqa: E731
+    rechecked = _lines(out / "results.jsonl")
+    assert same(rechecked) == same(_lines(fresh / "results.jsonl"))
+    assert {r["checked_by"] for r in rechecked if r["config"] == "rag"} == {Path(tiny_judge).name}
+    assert [r["raw_answer"] for r in rechecked] == [r["raw_answer"] for r in before]  # nothing generated
+    assert "- scores: rechecked by" in (out / "report.md").read_text()
+
+    unchecked = tmp_path / "unchecked"
+    assert run_cli(*args, "--output", str(unchecked), "--set", "ask.verify=false").returncode == 0
+    refused = run_cli(*args, "--output", str(unchecked), "--set", "ask.verify=false", "--recheck")
+    assert refused.returncode != 0 and "never checked" in refused.stderr
 
 
 def test_eval_without_adapter_refuses_lora_rows(index, tmp_path):

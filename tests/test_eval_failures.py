@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ragqa.evaluate.failures import cites, echo_or_short, is_yes_no, repetition
+from ragqa.judge.failures import cites, echo_or_short, is_yes_no, repetition
 
 
 @pytest.mark.parametrize("question, answer, failed", [

@@ -25,6 +25,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
+from ragqa.passage import Passage
 from ragqa.qa import ALL_OR_NONE, MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
@@ -430,6 +431,50 @@ def rescore_records(rows: list[dict], configs: list[EvalConfig], log: ResultsLog
     return len(todo)
 
 
+def recheck_records(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
+                    progress: bool = True) -> str:
+    """Run the answer check (ask.verify) again, in place in log.records, on the stored answers as generated
+    (raw_answer), with the checker `cfg` gives now; returns its name. Decoding is greedy, so generating again
+    would give the same raw answers: this is what a fresh run with the new checker gives, without the hour of
+    generation. The passages are trimmed to the prompt's budget as they were shown."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ragqa.answer import Answer, check
+    from ragqa.judge import support_scorer
+    from ragqa.models import load_tokenizer
+    from ragqa.prompt import fit_passages
+    from ragqa.qa import clean_question
+
+    by_id = {r["id"] for r in rows}
+    names = {c.name for c in configs}
+    todo = [rec for rec in log.records
+            if str(rec["qid"]) in by_id and rec["config"] in names and rec.get("raw_answer") is not None]
+    if not todo:
+        raise RagqaError("--recheck: the stored answers were never checked (ask.verify was off for this run)")
+    checker, tokenizer = support_scorer(cfg), load_tokenizer(cfg.model.base)
+    fields = set(Passage.__dataclass_fields__)
+    with Progress(TextColumn(f"recheck ({checker.name})"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  disable=not progress, transient=False) as bar:
+        task = bar.add_task("recheck", total=len(todo))
+        for record in todo:
+            passages = [Passage(**{k: v for k, v in p.items() if k in fields}) for p in record["passages"]]
+            timings = dict(record.get("timings") or {})
+            answer = Answer(clean_question(record["question"], cfg.ask.max_question_chars), record["answer"],
+                            passages, list(record["citations"]), 0, bool(record["abstained"]), record["retrieval"],
+                            None, timings, raw_answer=record["raw_answer"])
+            start = time.perf_counter()
+            check(answer, checker, fit_passages(tokenizer, passages, cfg.ask.context_tokens),
+                  cut_off=timings.get("new_tokens", 0) >= cfg.ask.max_new_tokens)
+            timings["verify_s"] = round(time.perf_counter() - start, 4)
+            if "generate_s" in timings:
+                timings["total_s"] = round(timings.get("retrieve_s", 0.0) + timings["generate_s"]
+                                           + timings["verify_s"], 4)
+            record.update(answer=answer.answer, citations=answer.citations, abstained=answer.abstained,
+                          sentences=answer.sentences, checked_by=answer.checked_by, timings=timings)
+            bar.advance(task)
+    return checker.name
+
+
 def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
     """Run questions through one configuration as one batch; a question the pipeline refuses becomes an error
     record (the batch is then answered one by one, so one bad question never costs the others)."""
@@ -460,15 +505,17 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
              output: str | Path = "eval/reports/default", seed: int = 0, judge: str | None = None,
              judge_base_url: str | None = None, judge_api_key_env: str | None = None, nli_judge: str | None = None,
              exclude_trained: bool = False, fresh: bool = False, progress: bool = True,
-             overwrite: bool = False, rescore: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, rescore: bool = False, recheck: bool = False) -> dict[str, Any]:
     """Run (or resume) the matrix and write the report; returns the summary with `paths`.
 
     An existing `output` that is not an eval report is refused unless `overwrite` (--overwrite). `rescore`
     (--rescore) generates nothing: the stored answers of a finished matrix are scored again with the judges
     available now (a newly trained NLI judge or reranker, an LLM judge), and results.jsonl, run.json and the
-    report are replaced together."""
+    report are replaced together. `recheck` (--recheck, implies rescore) first runs the answer check again on
+    the stored answers as generated, with the checker available now (recheck_records)."""
     from ragqa.evaluate import report
 
+    rescore = rescore or recheck
     if rescore and fresh:
         raise RagqaError("--rescore scores the stored answers again; it cannot be combined with --fresh")
 
@@ -508,6 +555,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
     if rescore and pending:
         raise RagqaError(f"--rescore: {output} lacks {len(pending)} answers of this matrix (first: question "
                          f"{pending[0][0]}, {pending[0][1]}); run the same command without --rescore to finish it")
+    rechecked_by = None
     if pending or rescore:
         def note(key: str, value: str) -> None:
             notes_now[key] = value
@@ -517,6 +565,8 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
 
         scorer = make_scorer(cfg, note, judge=judge, judge_base_url=judge_base_url,
                              judge_api_key_env=judge_api_key_env, nli_judge=nli_judge)
+        if recheck:
+            rechecked_by = recheck_records(cfg, rows, plan, log, progress=progress)
         if rescore:
             rescore_records(rows, plan, log, scorer, progress=progress)
         else:
@@ -538,7 +588,9 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
     if "warning" in notes:
         meta["warning"] = notes["warning"]
     if rescore:
-        meta["scores"] = f"rescored {time.strftime('%Y-%m-%d %H:%M')} (answers, timings and checks as first run)"
+        when = time.strftime("%Y-%m-%d %H:%M")
+        meta["scores"] = (f"rechecked by {rechecked_by} and rescored {when} (answers as first generated)" if recheck
+                          else f"rescored {when} (answers, timings and checks as first run)")
     rewritten = report.REPORT_FILES + ((RESULTS, RUN_META) if rescore else ())
     with report_swap(output, rewritten) as tmp:
         if rescore:

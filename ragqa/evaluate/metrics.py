@@ -6,7 +6,7 @@ metrics use ragas' id-based context precision/recall on the gold document ids; f
 the local NLI judge (ragqa.judge) when one is trained. Correctness (ref_support, ref_contradiction) scores
 each answer sentence against the reference answer with the support scorer (NLI judge, else lexical), so
 closed-book rows are measured for hallucination too. Checked answers (ask.verify) also get token_f1_raw
-and nli_faithfulness_raw of the answer before the check; failure modes come from ragqa.evaluate.failures.
+and nli_faithfulness_raw of the answer before the check; failure modes come from ragqa.judge.failures.
 Without an NLI judge, lexical_faithfulness scores the same support with the lexical scorer
 (ragqa.judge.lexical). A question without a reference answer (a file of real user questions) gets only the
 reference-free metrics: NEEDS_REFERENCE lists the others. Answer relevance comes from the cross-encoder
@@ -24,12 +24,13 @@ import json
 import math
 import os
 import re
-import string
 import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ragqa.judge.text import normalize
 
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
@@ -73,9 +74,9 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("check_removed", "answer", "share of the generated sentences the check removed",
                higher_is_better=False),
     MetricInfo("echo_or_short", "failure-mode", "answers under 5 words outside yes/no questions, or mostly the "
-               "question (ragqa.evaluate.failures; answers given)", higher_is_better=False),
+               "question (ragqa.judge.failures; answers given)", higher_is_better=False),
     MetricInfo("repetition", "failure-mode", "answers in a repetition loop: a word 3-gram 4+ times "
-               "(ragqa.evaluate.failures; answers given)", higher_is_better=False),
+               "(ragqa.judge.failures; answers given)", higher_is_better=False),
     MetricInfo("cites", "failure-mode", "answers citing at least one passage [n] (answers given, with passages)"),
     MetricInfo("cites_raw", "failure-mode", "cites, of the answer as generated (the check corrects and adds "
                "markers, so `cites` of a checked answer is the check's work as much as the model's)"),
@@ -89,16 +90,6 @@ NEEDS_REFERENCE = tuple(m for m, info in METRICS.items() if info.family in ("ref
 
 FAILURE_TARGETS = {"echo_or_short": ("<=", 0.02), "repetition": ("<=", 0.01), "cites": (">=", 0.95)}
 """Issue #21's bounds on the failure-mode rates (shown beside them in the report)."""
-
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize(text: str) -> str:
-    """Lower-case, drop punctuation, articles and citation markers, collapse spaces (SQuAD normalization)."""
-    text = re.sub(r"\[\d+\]", " ", text or "").lower().translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -334,7 +325,7 @@ class Scorer:
                 if kept:
                     scores["check_recited"] = sum(s.get("citation", "model") != "model" for s in kept) / len(kept)
         if not abstained and not record.get("error"):
-            from ragqa.evaluate.failures import cites, echo_or_short, repetition
+            from ragqa.judge.failures import cites, echo_or_short, repetition
 
             scores["echo_or_short"] = float(echo_or_short(question, answer))
             scores["repetition"] = float(repetition(answer))

@@ -11,6 +11,12 @@ other shown passages as well; when one of them supports it, the sentence stays a
 to that passage. A kept sentence without a marker gets the one of the passage that supports it. So every
 kept sentence cites the passage that was checked to support it, and `SentenceCheck.cited` keeps what the
 model itself cited.
+
+Support is not enough for a sentence to stay: one that says nothing new is dropped too, whatever its score.
+That is a sentence that restates the question ("Hair Loss [1]" for "What is hair loss?": a passage's heading
+copied, which any judge finds supported), one that repeats an earlier kept sentence or loops inside itself (a
+degenerate repetition), a question, and a list's lead-in ("These include the following:") with no list after
+it. Their labels say which ("echo", "repeated", "no claim").
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from ragqa.judge.failures import echoes, is_yes_no, repetition, words
 from ragqa.judge.support import split_claims
 from ragqa.judge.text import split_sentences
 from ragqa.prompt import CITATION_RE, cite
@@ -34,8 +41,10 @@ class SentenceCheck:
     passage: int | None
     """1-based number of the passage that supports it best (None without passages)."""
     label: str
-    """entailment / neutral / contradiction (contradiction only from an NLI judge), or "cut off" (an unfinished
-    last sentence where generation hit its token budget)."""
+    """entailment / neutral / contradiction (contradiction only from an NLI judge); or, for a sentence dropped
+    whatever its support: "cut off" (an unfinished last sentence where generation hit its token budget), "echo"
+    (it restates the question), "repeated" (it repeats an earlier kept sentence, or loops) or "no claim" (a
+    question, or a list's lead-in with nothing after it)."""
     cited: list[int] = field(default_factory=list)
     """The passages the generated sentence cited (its [n] markers), before any correction."""
     citation: str = "model"
@@ -44,6 +53,15 @@ class SentenceCheck:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+DROPPED_BECAUSE = {"cut off": "cut off at the token budget", "echo": "restates the question",
+                   "repeated": "repeats what was said", "no claim": "states nothing"}
+"""Why a sentence was dropped, by label; any other label means its passages do not support it."""
+
+
+def dropped_because(label: str) -> str:
+    return DROPPED_BECAUSE.get(label, "not supported by the passages")
 
 
 @dataclass
@@ -76,7 +94,8 @@ def _finished(sentence: str) -> bool:
     return bool(_FINISHED_RE.search(CITATION_RE.sub("", sentence).rstrip()))
 
 
-def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False) -> CheckedAnswer:
+def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False,
+                 question: str | None = None) -> CheckedAnswer:
     """Score each sentence of `answer` against its cited passages (all passages when uncited, or when its
     own do not support it); keep the supported ones, in order and with the answer's own layout, each citing
     the passage that supports it. `scorer` has `.name`, `.threshold` and
@@ -84,7 +103,7 @@ def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False)
 
     cut_off: generation stopped at its token budget. An unfinished last sentence ("The treatment") is then
     dropped as "cut off": a fragment can score as supported (its few words are all in a passage) yet says
-    nothing whole."""
+    nothing whole. question: the question asked; given, sentences that merely restate it are dropped ("echo")."""
     pieces = split_sentences(answer)
     claims = [" ".join(split_claims(p)) for p in pieces]
     everything = tuple(range(1, len(passages) + 1))
@@ -99,6 +118,7 @@ def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False)
     last = max(checks, default=None)
     if cut_off and last is not None and not _finished(pieces[last]):
         checks[last].supported, checks[last].label = False, "cut off"
+    _drop_empty(checks, pieces, question)
     for i, check in checks.items():
         check.cited = cited[i]
         if check.supported and check.passage not in cited[i]:
@@ -115,6 +135,41 @@ def check_answer(scorer, answer: str, passages: Sequence, cut_off: bool = False)
             # that sentence's marker was rewritten (the stray one is then the wrong marker).
             keep.append(last_claim is not None and last_claim.supported and last_claim.citation == "model")
     return CheckedAnswer(_without(answer, pieces, keep, shown), [checks[i] for i in sorted(checks)], scorer.name)
+
+
+LEAD_IN_WORDS = 15
+"""A last sentence ending in a colon is a bare lead-in up to this many words; a longer one carries content
+before its colon (a copied resource list: "... Genetic Testing Registry: Epidermal nevus These resources ...:")."""
+_QUESTION_RE = re.compile(r"\?[\"')\]]*$")
+_LEAD_IN_RE = re.compile(r":[\s.]*$")
+
+
+def _bare(sentence: str) -> str:
+    return CITATION_RE.sub("", sentence).strip()
+
+
+def _drop_empty(checks: dict[int, SentenceCheck], pieces: list[str], question: str | None) -> None:
+    """Unkeep supported sentences that add nothing (module docstring): echoes of the question, repeats and
+    loops, questions, and a lead-in left last."""
+    seen: set[tuple[str, ...]] = set()
+    yes_no = question is not None and is_yes_no(question)
+    for i in sorted(checks):
+        check = checks[i]
+        if not check.supported:
+            continue
+        said = tuple(words(pieces[i]))
+        if question is not None and not yes_no and echoes(question, pieces[i]):
+            check.supported, check.label = False, "echo"
+        elif said in seen or repetition(pieces[i]):
+            check.supported, check.label = False, "repeated"
+        elif _QUESTION_RE.search(_bare(pieces[i])):
+            check.supported, check.label = False, "no claim"
+        seen.add(said)
+    for i in sorted(checks, reverse=True):  # a lead-in stays only with something after it
+        if checks[i].supported:
+            if not _LEAD_IN_RE.search(_bare(pieces[i])) or len(words(pieces[i])) > LEAD_IN_WORDS:
+                break
+            checks[i].supported, checks[i].label = False, "no claim"
 
 
 def _score(scorer, pieces: list[str], claims: list[str], passages: Sequence,

@@ -9,7 +9,18 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import string
 from functools import lru_cache
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize(text: str) -> str:
+    """Lower-case, drop punctuation, articles and citation markers, collapse spaces (SQuAD normalization)."""
+    text = re.sub(r"\[\d+\]", " ", text or "").lower().translate(_PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
 
 _BULLET_RE = re.compile(r"\n+|\s+-\s+(?=[A-Z(])|\s*•\s*")
 

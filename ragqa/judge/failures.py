@@ -1,16 +1,19 @@
-"""Failure-mode detectors: pure functions of a question and an answer, counted per row by `ragqa eval`.
+"""Failure-mode detectors: pure functions of a question and an answer (or one of its sentences).
 
-Each says whether an answer shows one failure the small generator is prone to:
+Each says whether text shows one failure the small generator is prone to:
     echo_or_short(question, answer) -- under MIN_WORDS words (outside yes/no questions) or mostly the question
-    repetition(answer)              -- a degenerate loop: the same word n-gram again and again
+    echoes(question, text)          -- its words are mostly the question's (it restates instead of answering)
+    repetition(text)                -- a degenerate loop: the same word n-gram again and again
     cites(answer)                   -- at least one [n] passage marker
+`ragqa eval` counts them per row; the answer check (ragqa.judge.check) drops sentences that echo the question
+or loop, so they live beside the judge rather than in the evaluation code.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
-from ragqa.evaluate.metrics import normalize
+from ragqa.judge.text import normalize
 from ragqa.prompt import CITATION_RE
 
 MIN_WORDS = 5
@@ -26,30 +29,37 @@ _YES_NO_STARTS = frozenset(
     "don't doesn't can't won't".split())
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """The normalized words of a text (ragqa.judge.text.normalize: no case, punctuation, articles, markers)."""
     return normalize(text).split()
 
 
 def is_yes_no(question: str) -> bool:
     """A question asking yes or no: it opens with an auxiliary verb ("Is acne contagious?")."""
-    words = (question or "").strip().lower().split()
-    return bool(words) and words[0] in _YES_NO_STARTS
+    opening = (question or "").strip().lower().split()
+    return bool(opening) and opening[0] in _YES_NO_STARTS
+
+
+def echoes(question: str, text: str) -> bool:
+    """True when at least ECHO_SHARE of the text's words are the question's: it restates the question."""
+    said = words(text)
+    asked = set(words(question))
+    return bool(said) and sum(w in asked for w in said) / len(said) >= ECHO_SHARE
 
 
 def echo_or_short(question: str, answer: str) -> bool:
     """True for an answer under MIN_WORDS words (a yes/no question may be answered briefly) or one whose
     words are mostly the question's (it repeats the question instead of answering it)."""
-    words = _words(answer)
-    if len(words) < MIN_WORDS and not (is_yes_no(question) and words):
+    said = words(answer)
+    if len(said) < MIN_WORDS and not (is_yes_no(question) and said):
         return True
-    asked = set(_words(question))
-    return bool(words) and sum(w in asked for w in words) / len(words) >= ECHO_SHARE
+    return echoes(question, answer)
 
 
-def repetition(answer: str, n: int = LOOP_N, repeats: int = LOOP_REPEATS) -> bool:
+def repetition(text: str, n: int = LOOP_N, repeats: int = LOOP_REPEATS) -> bool:
     """True when some word n-gram occurs `repeats` or more times: a degenerate repetition loop."""
-    words = _words(answer)
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    said = words(text)
+    grams = Counter(tuple(said[i : i + n]) for i in range(len(said) - n + 1))
     return bool(grams) and max(grams.values()) >= repeats
 
 
