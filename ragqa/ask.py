@@ -12,9 +12,10 @@ from ragqa.adapters import AdapterSpec
 from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES
 from ragqa.terminal import markup_safe, plain
 
-HELP = (":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :adapter NAME|off  answer with another "
+HELP = (f":k N  passages to retrieve | :mode {'|'.join(RETRIEVAL_MODES)} | :adapter NAME|off  answer with another "
         "adapter, or the base | :sources  last answer's passages | :quit")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -144,7 +145,7 @@ def _session(pipe, cfg: Config, as_json: bool) -> None:
                 break
             if cmd == "k" and arg.strip().isdigit() and int(arg) > 0:
                 k = int(arg)
-            elif cmd == "mode" and arg.strip() in ("dense", "bm25", "hybrid", "none"):
+            elif cmd == "mode" and arg.strip() in RETRIEVAL_MODES:
                 mode = arg.strip()
             elif cmd == "sources" and last is not None:
                 print_sources(last, only_cited=False)

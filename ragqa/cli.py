@@ -15,6 +15,7 @@ import click
 
 from ragqa import __version__
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES, SEARCH_MODES
 from ragqa.terminal import printable
 
 CONFIG_HELP = "YAML recipe (configs/*.yaml); defaults are used for fields it leaves out."
@@ -63,10 +64,6 @@ def models_cmd() -> None:
     from ragqa.models import describe_registry
 
     describe_registry()
-
-
-def _not_implemented(name: str) -> None:
-    raise RagqaError(f"`ragqa {name}` is not implemented yet in this version")
 
 
 @cli.command("train")
@@ -187,7 +184,7 @@ def _adapter_spec(adapters: tuple[str, ...], weights: str | None):
 @click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--base-model", help="Generator: registry name, local folder or hub id.")
 @click.option("--k", type=int, help="Passages to retrieve.")
-@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid", "none"]),
+@click.option("--retrieval", type=click.Choice(RETRIEVAL_MODES),
               help="Retrieval mode; none answers from the model alone.")
 @click.option("--max-new-tokens", type=int, help="Longest answer, in tokens.")
 @click.option("--temperature", type=float, help="0 (default) decodes greedily.")
@@ -311,7 +308,7 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--retrieval-only", is_flag=True, help="Only score retrieval (recall@k, MRR) on the questions' "
                                                      "gold passages; no generation.")
 @click.option("--k", type=int, help="Passages to retrieve.")
-@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
+@click.option("--retrieval", type=click.Choice(SEARCH_MODES), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_weights, configs, limit, sample, output,
              seed, judge, judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, rescore, overwrite,

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES
 from ragqa.qa import MAX_QUESTION_CHARS
 
 
@@ -112,7 +113,7 @@ class IndexConfig(_Section):
 
 
 class RetrievalConfig(_Section):
-    mode: Literal["dense", "bm25", "hybrid", "none"] = "hybrid"
+    mode: Literal[RETRIEVAL_MODES] = "hybrid"
     k: int = Field(3, gt=0, le=100)
     rerank: str | None = None
     """None, or a cross-encoder that rescores the first `rerank_candidates` results: `default` (the reranker

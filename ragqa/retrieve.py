@@ -18,10 +18,8 @@ from ragqa.errors import RagqaError
 from ragqa.index.bm25 import BM25_DIR, bm25_tokenize, load_bm25
 from ragqa.index.embed import dimension
 from ragqa.index.manifest import existing_index, index_dir, read_chunks, read_manifest, verify_files
-from ragqa.passage import Passage
+from ragqa.passage import SEARCH_MODES, Passage
 from ragqa.store import VectorStore, load_store
-
-MODES = ("dense", "bm25", "hybrid")
 
 
 def same_embedder(a: str, b: str) -> bool:
@@ -188,8 +186,8 @@ class Retriever:
     def retrieve(self, query: str, k: int = 5, mode: str = "hybrid", rerank: str | None = None) -> list[Passage]:
         """Top-k chunks. Passage.score is the mode's score (cosine, BM25 or RRF; the cross-encoder's when
         reranking); Passage.scores['dense'] is the query-chunk cosine for every passage."""
-        if mode not in MODES:
-            raise RagqaError(f"retrieval mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode not in SEARCH_MODES:
+            raise RagqaError(f"retrieval mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
         if not isinstance(query, str) or not query.strip():
             raise RagqaError("the question is empty: ask something")
         if k <= 0:

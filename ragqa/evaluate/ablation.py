@@ -25,6 +25,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
+from ragqa.passage import SEARCH_MODES
 from ragqa.qa import ALL_OR_NONE, MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
@@ -42,12 +43,12 @@ class EvalConfig:
 
     name: str
     retrieval: str
-    """none, dense, bm25 or hybrid."""
+    """A retrieval mode (ragqa.passage.RETRIEVAL_MODES): none, or the search mode of a rag row."""
     use_adapter: bool
 
 
 def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
-    """'base,lora,rag,rag+lora' (+ extra rows dense, bm25, hybrid, each optionally '+lora')."""
+    """'base,lora,rag,rag+lora' (+ extra rows for each search mode: dense, bm25, hybrid, each optionally '+lora')."""
     rag_mode = default_mode if default_mode != "none" else "hybrid"
     out: list[EvalConfig] = []
     for raw in text.split(","):
@@ -55,9 +56,9 @@ def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
         if not name:
             continue
         head, _, tail = name.partition("+")
-        if tail not in ("", "lora") or head not in ("base", "lora", "rag", "dense", "bm25", "hybrid"):
+        if tail not in ("", "lora") or head not in ("base", "lora", "rag", *SEARCH_MODES):
             raise RagqaError(f"--configs: unknown configuration '{raw.strip()}' (use base, lora, rag, rag+lora, "
-                             "or dense / bm25 / hybrid with optional +lora)")
+                             f"or {' / '.join(SEARCH_MODES)} with optional +lora)")
         if head in ("base", "lora") and tail:
             raise RagqaError(f"--configs: '{name}' is not a configuration (did you mean rag+lora?)")
         mode = {"base": "none", "lora": "none", "rag": rag_mode}.get(head, head)
