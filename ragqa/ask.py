@@ -23,15 +23,14 @@ err = Console(stderr=True, highlight=False)
 
 
 def _check_index(cfg: Config) -> None:
-    """Fail fast, before the model loads, when retrieval needs an index that is not there."""
+    """Fail fast, before the model loads, when retrieval needs an index that is not there or whose manifest is
+    damaged. The index is found as the retriever finds it (index.manifest.find_index), so one that a killed
+    writer left in its backup is accepted here as it is read there."""
     if cfg.retrieval.mode == "none":
         return
-    from ragqa.index.manifest import index_dir
+    from ragqa.index.manifest import find_index, read_manifest
 
-    path = index_dir(cfg.index.name)
-    if not (path / "manifest.json").is_file():
-        flag = "" if cfg.index.name == "default" else f" --index {cfg.index.name}"
-        raise RagqaError(f"no index at {path}: run `ragqa ingest{flag}` first (or use --retrieval none)")
+    read_manifest(find_index(cfg.index.name, alternative=" (or use --retrieval none)"))
 
 
 def print_sources(answer, only_cited: bool = True) -> None:

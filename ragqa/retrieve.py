@@ -17,7 +17,7 @@ import numpy as np
 from ragqa.errors import RagqaError
 from ragqa.index.bm25 import BM25_DIR, bm25_tokenize, load_bm25
 from ragqa.index.embed import dimension
-from ragqa.index.manifest import existing_index, index_dir, read_chunks, read_manifest, verify_files
+from ragqa.index.manifest import find_index, read_chunks, read_manifest, verify_files
 from ragqa.passage import SEARCH_MODES, Passage
 from ragqa.store import VectorStore, load_store
 
@@ -75,12 +75,7 @@ class Retriever:
         that embeds the questions; refused unless it was tuned from the weights that built the index.
         options: rrf_k, fusion_candidates, rerank_candidates.
         """
-        name = str(index)
-        path = index if isinstance(index, Path) else index_dir(name)
-        where = existing_index(path)
-        if where is None:
-            shown = path.name if path.parent == Path("indexes") else str(path)
-            raise RagqaError(f"no index at {path}: run `ragqa ingest --index {shown}` first")
+        where = find_index(index)
         manifest = read_manifest(where)
         built_with = manifest["embedder"]["name"]
         if embedder is not None and not same_embedder(embedder, built_with):

@@ -87,6 +87,19 @@ def existing_index(path: Path) -> Path | None:
     return find_backup(path, MANIFEST)
 
 
+def find_index(index: str | Path, alternative: str = "") -> Path:
+    """The directory every reader of index NAME (or a directory) reads: existing_index's, so an index whose swap
+    was interrupted is read from its backup. None there is a RagqaError that says to run `ragqa ingest`
+    (`alternative` is appended to that advice)."""
+    path = index if isinstance(index, Path) else index_dir(index)
+    where = existing_index(path)
+    if where is None:
+        shown = path.name if path.parent == Path("indexes") else str(path)
+        flag = "" if shown == "default" else f" --index {shown}"
+        raise RagqaError(f"no index at {path}: run `ragqa ingest{flag}` first{alternative}")
+    return where
+
+
 # ----------------------------------------------------------------------------- locking, recovery
 
 
