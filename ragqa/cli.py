@@ -27,18 +27,20 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)(fn)
 
 
+NULL = object()
+"""A flag value that sets its field to null (None in `flags` means the flag was not given)."""
+
+
 def _build_config(config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]):
-    """Recipe + --set overrides + explicit flags (flags win; None means 'not given')."""
+    """Recipe + --set overrides + explicit flags (flags win; None means 'not given').
+
+    Flag values are already typed by click and reach the config as they are: `--index 0123` names the index
+    0123, never the number YAML would read in that text.
+    """
     from ragqa.config import load_config
 
-    flag_sets = [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
-    return load_config(config_path, [*overrides, *flag_sets])
-
-
-def _yaml_value(value: Any) -> str:
-    import json
-
-    return json.dumps(value) if isinstance(value, list | tuple | bool) else str(value)
+    typed = [(key, None if value is NULL else value) for key, value in flags.items() if value is not None]
+    return load_config(config_path, [*overrides, *typed])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -403,7 +405,7 @@ def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, 
                     max_length, seed, overwrite, device) -> None:
     """Fine-tune a 3-way NLI judge on NLI pairs plus in-domain pairs made from the corpus."""
     cfg = _build_config(config_path, overrides, {
-        "judge.nli": "null" if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
+        "judge.nli": NULL if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
         "judge.output": output, "judge.base": base, "judge.max_nli": max_nli, "judge.max_domain": max_domain,
         "judge.epochs": epochs, "judge.lr": lr, "judge.batch_size": batch_size, "judge.max_length": max_length,
         "judge.seed": seed, "model.device": device,
