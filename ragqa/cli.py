@@ -285,19 +285,22 @@ def _check_port(host: str, port: int) -> None:
               help="LoRA adapter directory (needed by the lora configurations); repeat it to combine adapters.")
 @click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--configs", default="base,lora,rag,rag+lora", show_default=True,
-              help="Comma-separated rows: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid (+lora).")
+              help="Rows of the matrix, comma-separated: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid "
+                   "(+lora). Not a recipe: that is --config.")
 @click.option("--limit", type=int, help="Evaluate only the first N questions.")
 @click.option("--sample", type=int, help="Evaluate N questions drawn at random (seeded by --seed), in file order.")
 @click.option("--output", default="eval/reports/default", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (results.jsonl, report.md, report.html, matrix.png, summary.json).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of --sample and of the bootstrap resampling (answers are greedy).")
-@click.option("--judge", help="LLM judge for ragas' LLM metrics: local:NAME or openai:MODEL (default: none).")
+@click.option("--judge", help="LLM judge of ragas' LLM-judged metrics: local:NAME or openai:MODEL (default: none). "
+                              "Not the NLI judge (--nli-judge).")
 @click.option("--judge-base-url", help="Base URL of an OpenAI-compatible server (vLLM, Ollama) for --judge openai:.")
 @click.option("--judge-api-key-env", metavar="VAR",
               help="Environment variable holding the API key for --judge-base-url (sent only over https or to "
                    "loopback). Default: none, except OPENAI_API_KEY for https://api.openai.com.")
-@click.option("--nli-judge", help="NLI faithfulness judge name or path; 'none' to skip (default: the trained one).")
+@click.option("--nli-judge", help="Judge of each answer sentence (judge.name: an NLI judge from `ragqa judge "
+                                  "train`, a folder, 'llm' or 'lexical'); 'none' to skip (default: the trained one).")
 @click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
                                                       "instead of refusing.")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in --output instead of resuming.")
@@ -420,7 +423,8 @@ def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, 
 @click.option("--premise", "premises", multiple=True, required=True,
               help="Passage text (repeatable: each is one passage).")
 @click.option("--hypothesis", required=True, help="Claim or answer; each sentence is scored as one claim.")
-@click.option("--judge", "judge_name", help="Trained judge name, folder, hub NLI id, or 'llm' (default: default).")
+@click.option("--judge", "judge_name", help="Judge of each sentence (judge.name): a trained NLI judge name, folder, "
+                                            "hub NLI id, 'llm' (judge.llm_url) or 'lexical' (default: default).")
 def judge_score_cmd(config_path, overrides, premises, hypothesis, judge_name) -> None:
     """Print, as JSON, how well the premises support each sentence of the hypothesis."""
     import json

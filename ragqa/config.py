@@ -257,7 +257,9 @@ class AskConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    """The offline faithfulness judge (`ragqa judge train|score`, used by eval)."""
+    """The judge of answer sentences: it says whether the passages support each one (ask.verify, eval's
+    nli_faithfulness, `ragqa judge train|score`). Not the LLM judge of eval's ragas metrics (`ragqa eval --judge`,
+    the eval.judge_* settings)."""
 
     name: str = "default"
     """Judge that scores: a trained judge name (judges/NAME or the cache), a folder, a hub NLI cross-encoder
@@ -349,10 +351,12 @@ class QueryEncoderConfig(_Section):
 
 
 class EvalSettings(_Section):
-    """`ragqa eval` (the ablation matrix)."""
+    """The recipe's `eval` section: settings of `ragqa eval` shared by every row of its matrix (the rows themselves
+    are `--configs`, ragqa.evaluate.ablation.MatrixRow)."""
 
     judge_max_new_tokens: int = Field(512, gt=0)
-    """Longest reply of a local LLM judge (`--judge local:NAME`) per ragas prompt."""
+    """Longest reply of a local LLM judge (`--judge local:NAME`, the judge of ragas' metrics, not judge.name) per
+    ragas prompt."""
     judge_metrics: list[str] = Field(default_factory=lambda: [
         "llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"])
     """LLM-judged ragas metrics to run when --judge is given (fewer = faster with a slow local judge)."""
