@@ -56,9 +56,10 @@ def ensure_index(name: str, corpus: str, embedder, text_field: str = "text") -> 
 def latency(retriever, questions: list[str]) -> dict:
     """p50/p95 per mode and per query encoder (torch, onnx), all interleaved query by query so that drift in
     machine speed (frequency, neighbours) lands on every variant alike instead of on whichever runs first."""
+    from ragqa.passage import SEARCH_MODES
     from ragqa.query_encoder import load_query_encoder
 
-    modes = ("dense", "bm25", "hybrid")
+    modes = SEARCH_MODES
     encoders = {backend: load_query_encoder(retriever.embedder, backend) for backend in ("torch", "onnx")}
     for q in questions[:20]:
         for encoder in encoders.values():

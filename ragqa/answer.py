@@ -17,7 +17,7 @@ from pathlib import Path
 from ragqa.adapters import AdapterSpec
 from ragqa.config import Config
 from ragqa.errors import RagqaError
-from ragqa.passage import Passage
+from ragqa.passage import RETRIEVAL_MODES, Passage
 from ragqa import abstain
 from ragqa.prompt import clean_citations, fit_passages, render_prompt
 from ragqa.qa import clean_question  # in ragqa.qa: Q&A files for eval are held to the same rule
@@ -28,7 +28,6 @@ ABSTAIN_TEXT = (
     "The nearest sources are listed below."
 )
 CLOSED_BOOK_NOTE = "Answered from the model alone, without retrieved sources."
-RETRIEVAL_MODES = ("dense", "bm25", "hybrid", "none")
 
 
 @dataclass

@@ -12,9 +12,10 @@ from ragqa.adapters import AdapterSpec
 from ragqa.answer import CLOSED_BOOK_NOTE, Pipeline, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES
 from ragqa.terminal import markup_safe, plain
 
-HELP = (":k N  passages to retrieve | :mode dense|bm25|hybrid|none | :adapter NAME|off  answer with another "
+HELP = (f":k N  passages to retrieve | :mode {'|'.join(RETRIEVAL_MODES)} | :adapter NAME|off  answer with another "
         "adapter, or the base | :sources  last answer's passages | :quit")
 
 out = Console(highlight=False, soft_wrap=True)
@@ -22,15 +23,14 @@ err = Console(stderr=True, highlight=False)
 
 
 def _check_index(cfg: Config) -> None:
-    """Fail fast, before the model loads, when retrieval needs an index that is not there."""
+    """Fail fast, before the model loads, when retrieval needs an index that is not there or whose manifest is
+    damaged. The index is found as the retriever finds it (index.manifest.find_index), so one that a killed
+    writer left in its backup is accepted here as it is read there."""
     if cfg.retrieval.mode == "none":
         return
-    from ragqa.index.manifest import index_dir
+    from ragqa.index.manifest import find_index, read_manifest
 
-    path = index_dir(cfg.index.name)
-    if not (path / "manifest.json").is_file():
-        flag = "" if cfg.index.name == "default" else f" --index {cfg.index.name}"
-        raise RagqaError(f"no index at {path}: run `ragqa ingest{flag}` first (or use --retrieval none)")
+    read_manifest(find_index(cfg.index.name, alternative=" (or use --retrieval none)"))
 
 
 def print_sources(answer, only_cited: bool = True) -> None:
@@ -149,7 +149,7 @@ def _session(pipe, cfg: Config, as_json: bool) -> None:
                 break
             if cmd == "k" and arg.strip().isdigit() and int(arg) > 0:
                 k = int(arg)
-            elif cmd == "mode" and arg.strip() in ("dense", "bm25", "hybrid", "none"):
+            elif cmd == "mode" and arg.strip() in RETRIEVAL_MODES:
                 mode = arg.strip()
             elif cmd == "sources" and last is not None:
                 print_sources(last, only_cited=False)

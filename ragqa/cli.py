@@ -15,6 +15,7 @@ import click
 
 from ragqa import __version__
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES, SEARCH_MODES
 from ragqa.terminal import printable
 
 CONFIG_HELP = "YAML recipe (configs/*.yaml); defaults are used for fields it leaves out."
@@ -26,18 +27,20 @@ def _config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)(fn)
 
 
+NULL = object()
+"""A flag value that sets its field to null (None in `flags` means the flag was not given)."""
+
+
 def _build_config(config_path: str | None, overrides: tuple[str, ...], flags: dict[str, Any]):
-    """Recipe + --set overrides + explicit flags (flags win; None means 'not given')."""
+    """Recipe + --set overrides + explicit flags (flags win; None means 'not given').
+
+    Flag values are already typed by click and reach the config as they are: `--index 0123` names the index
+    0123, never the number YAML would read in that text.
+    """
     from ragqa.config import load_config
 
-    flag_sets = [f"{key}={_yaml_value(value)}" for key, value in flags.items() if value is not None]
-    return load_config(config_path, [*overrides, *flag_sets])
-
-
-def _yaml_value(value: Any) -> str:
-    import json
-
-    return json.dumps(value) if isinstance(value, list | tuple | bool) else str(value)
+    typed = [(key, None if value is NULL else value) for key, value in flags.items() if value is not None]
+    return load_config(config_path, [*overrides, *typed])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -63,10 +66,6 @@ def models_cmd() -> None:
     from ragqa.models import describe_registry
 
     describe_registry()
-
-
-def _not_implemented(name: str) -> None:
-    raise RagqaError(f"`ragqa {name}` is not implemented yet in this version")
 
 
 @cli.command("train")
@@ -187,7 +186,7 @@ def _adapter_spec(adapters: tuple[str, ...], weights: str | None):
 @click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--base-model", help="Generator: registry name, local folder or hub id.")
 @click.option("--k", type=int, help="Passages to retrieve.")
-@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid", "none"]),
+@click.option("--retrieval", type=click.Choice(RETRIEVAL_MODES),
               help="Retrieval mode; none answers from the model alone.")
 @click.option("--max-new-tokens", type=int, help="Longest answer, in tokens.")
 @click.option("--temperature", type=float, help="0 (default) decodes greedily.")
@@ -286,19 +285,22 @@ def _check_port(host: str, port: int) -> None:
               help="LoRA adapter directory (needed by the lora configurations); repeat it to combine adapters.")
 @click.option("--adapter-weights", metavar="W1,W2,...", help=WEIGHTS_HELP)
 @click.option("--configs", default="base,lora,rag,rag+lora", show_default=True,
-              help="Comma-separated rows: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid (+lora).")
+              help="Rows of the matrix, comma-separated: base, lora, rag, rag+lora; extra rows dense, bm25, hybrid "
+                   "(+lora). Not a recipe: that is --config.")
 @click.option("--limit", type=int, help="Evaluate only the first N questions.")
 @click.option("--sample", type=int, help="Evaluate N questions drawn at random (seeded by --seed), in file order.")
 @click.option("--output", default="eval/reports/default", show_default=True, type=click.Path(file_okay=False),
               help="Report folder (results.jsonl, report.md, report.html, matrix.png, summary.json).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of --sample and of the bootstrap resampling (answers are greedy).")
-@click.option("--judge", help="LLM judge for ragas' LLM metrics: local:NAME or openai:MODEL (default: none).")
+@click.option("--judge", help="LLM judge of ragas' LLM-judged metrics: local:NAME or openai:MODEL (default: none). "
+                              "Not the NLI judge (--nli-judge).")
 @click.option("--judge-base-url", help="Base URL of an OpenAI-compatible server (vLLM, Ollama) for --judge openai:.")
 @click.option("--judge-api-key-env", metavar="VAR",
               help="Environment variable holding the API key for --judge-base-url (sent only over https or to "
                    "loopback). Default: none, except OPENAI_API_KEY for https://api.openai.com.")
-@click.option("--nli-judge", help="NLI faithfulness judge name or path; 'none' to skip (default: the trained one).")
+@click.option("--nli-judge", help="Judge of each answer sentence (judge.name: an NLI judge from `ragqa judge "
+                                  "train`, a folder, 'llm' or 'lexical'); 'none' to skip (default: the trained one).")
 @click.option("--exclude-trained", is_flag=True, help="Drop questions in the adapter's training split "
                                                       "instead of refusing.")
 @click.option("--fresh", is_flag=True, help="Discard earlier results in --output instead of resuming.")
@@ -314,7 +316,7 @@ def _check_port(host: str, port: int) -> None:
 @click.option("--retrieval-only", is_flag=True, help="Only score retrieval (recall@k, MRR) on the questions' "
                                                      "gold passages; no generation.")
 @click.option("--k", type=int, help="Passages to retrieve.")
-@click.option("--retrieval", type=click.Choice(["dense", "bm25", "hybrid"]), help="Retrieval mode of the rag rows.")
+@click.option("--retrieval", type=click.Choice(SEARCH_MODES), help="Retrieval mode of the rag rows.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_cmd(config_path, overrides, questions, index_name, adapters, adapter_weights, configs, limit, sample, output,
              seed, judge, judge_base_url, judge_api_key_env, nli_judge, exclude_trained, fresh, rescore, recheck,
@@ -410,7 +412,7 @@ def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, 
                     max_length, seed, overwrite, device) -> None:
     """Fine-tune a 3-way NLI judge on NLI pairs plus in-domain pairs made from the corpus."""
     cfg = _build_config(config_path, overrides, {
-        "judge.nli": "null" if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
+        "judge.nli": NULL if nli == "none" else nli, "judge.corpus": list(corpus) if corpus else None,
         "judge.output": output, "judge.base": base, "judge.max_nli": max_nli, "judge.max_domain": max_domain,
         "judge.epochs": epochs, "judge.lr": lr, "judge.batch_size": batch_size, "judge.max_length": max_length,
         "judge.seed": seed, "model.device": device,
@@ -425,7 +427,8 @@ def judge_train_cmd(config_path, overrides, nli, corpus, output, base, max_nli, 
 @click.option("--premise", "premises", multiple=True, required=True,
               help="Passage text (repeatable: each is one passage).")
 @click.option("--hypothesis", required=True, help="Claim or answer; each sentence is scored as one claim.")
-@click.option("--judge", "judge_name", help="Trained judge name, folder, hub NLI id, or 'llm' (default: default).")
+@click.option("--judge", "judge_name", help="Judge of each sentence (judge.name): a trained NLI judge name, folder, "
+                                            "hub NLI id, 'llm' (judge.llm_url) or 'lexical' (default: default).")
 def judge_score_cmd(config_path, overrides, premises, hypothesis, judge_name) -> None:
     """Print, as JSON, how well the premises support each sentence of the hypothesis."""
     import json

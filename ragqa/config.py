@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ragqa.errors import RagqaError
+from ragqa.passage import RETRIEVAL_MODES
 from ragqa.qa import MAX_QUESTION_CHARS
 
 
@@ -112,7 +115,7 @@ class IndexConfig(_Section):
 
 
 class RetrievalConfig(_Section):
-    mode: Literal["dense", "bm25", "hybrid", "none"] = "hybrid"
+    mode: Literal[RETRIEVAL_MODES] = "hybrid"
     k: int = Field(3, gt=0, le=100)
     rerank: str | None = None
     """None, or a cross-encoder that rescores the first `rerank_candidates` results: `default` (the reranker
@@ -254,7 +257,9 @@ class AskConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    """The offline faithfulness judge (`ragqa judge train|score`, used by eval)."""
+    """The judge of answer sentences: it says whether the passages support each one (ask.verify, eval's
+    nli_faithfulness, `ragqa judge train|score`). Not the LLM judge of eval's ragas metrics (`ragqa eval --judge`,
+    the eval.judge_* settings)."""
 
     name: str = "default"
     """Judge that scores: a trained judge name (judges/NAME or the cache), a folder, a hub NLI cross-encoder
@@ -346,10 +351,12 @@ class QueryEncoderConfig(_Section):
 
 
 class EvalSettings(_Section):
-    """`ragqa eval` (the ablation matrix)."""
+    """The recipe's `eval` section: settings of `ragqa eval` shared by every row of its matrix (the rows themselves
+    are `--configs`, ragqa.evaluate.ablation.MatrixRow)."""
 
     judge_max_new_tokens: int = Field(512, gt=0)
-    """Longest reply of a local LLM judge (`--judge local:NAME`) per ragas prompt."""
+    """Longest reply of a local LLM judge (`--judge local:NAME`, the judge of ragas' metrics, not judge.name) per
+    ragas prompt."""
     judge_metrics: list[str] = Field(default_factory=lambda: [
         "llm_faithfulness", "llm_answer_relevancy", "llm_context_precision", "llm_context_recall"])
     """LLM-judged ragas metrics to run when --judge is given (fewer = faster with a slow local judge)."""
@@ -380,26 +387,46 @@ def _known_keys(section: type[BaseModel]) -> str:
     return ", ".join(section.model_fields)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """`train.lr=1e-4` -> (["train", "lr"], 0.0001); the value is read as YAML (numbers, lists, null)."""
+def parse_override(item: str) -> tuple[list[str], str]:
+    """`train.lr=1e-4` -> (["train", "lr"], "1e-4"): the key's parts and the value's text (read_value types it)."""
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise RagqaError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set train.lr=1e-4")
+    return key.strip().split("."), raw
+
+
+def _is_text(annotation: Any) -> bool:
+    """A field typed str or str | None."""
+    return annotation is str or (get_origin(annotation) in (Union, UnionType)
+                                 and str in get_args(annotation) and set(get_args(annotation)) <= {str, type(None)})
+
+
+def read_value(raw: str, annotation: Any) -> Any:
+    """The value of `--set KEY=TEXT` for a field typed `annotation`, read as YAML (numbers, lists, null, booleans).
+
+    A text field keeps text that YAML would read as something else (a model named 1e5, an index named 0123 or
+    yes, a folder named null), except that null still clears an optional one. Elsewhere 1e-4 is the number
+    meant (YAML 1.1 reads it as a string).
+    """
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if _is_text(annotation):
+        if isinstance(value, str) or (value is None and annotation is not str):
+            return value
+        return raw.strip()
     if isinstance(value, str) and "e" in value.lower():
-        # YAML 1.1 reads "1e-4" as a string; accept it as the number a user meant.
         try:
             value = float(value)
         except ValueError:
             pass
-    return key.strip().split("."), value
+    return value
 
 
-def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
-    """Set data[path] = value, refusing keys the schema does not know."""
+def apply_override(data: dict[str, Any], path: list[str], value: Any, text: bool = False) -> None:
+    """Set data[path] = value, refusing keys the schema does not know. text=True: `value` is the text of a
+    `--set`, typed by the field it sets (read_value)."""
     schema: type[BaseModel] = Config
     node = data
     for depth, part in enumerate(path):
@@ -410,7 +437,7 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
             )
         annotation = schema.model_fields[part].annotation
         if depth == len(path) - 1:
-            node[part] = value
+            node[part] = read_value(value, annotation) if text else value
             return
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             raise RagqaError(f"config key '{'.'.join(path[: depth + 1])}' is a value, not a section")
@@ -432,8 +459,12 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {field}: {msg}{detail}{more}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML recipe (or the defaults when path is None), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: Sequence[str | tuple[str, Any]] = ()) -> Config:
+    """Read a YAML recipe (or the defaults when path is None), apply overrides in order, validate.
+
+    An override is the text of a `--set` ('section.key=value', typed by read_value), or a pair (dotted key,
+    value) whose value is already typed, as the command line's own options give it: set as it is.
+    """
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -455,8 +486,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise RagqaError(f"{p}: top level must be a mapping of sections (model, index, train, ...)")
         data = loaded
     for item in overrides:
-        keys, value = parse_override(item)
-        apply_override(data, keys, value)
+        if isinstance(item, str):
+            keys, raw = parse_override(item)
+            apply_override(data, keys, raw, text=True)
+        else:
+            key, value = item
+            apply_override(data, key.split("."), value)
     try:
         return Config.model_validate(data)
     except ValidationError as err:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError, first_line
-from ragqa.files import sha256_file
+from ragqa.files import decode_utf8, iter_jsonl, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABULAR_SUFFIXES = {".jsonl", ".json", ".ndjson", ".csv", ".parquet"}
@@ -142,7 +141,7 @@ def _read(spec: str, fields: Fields, skipped: Counter) -> Iterator[Document]:
         return
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        text = _decode(path.read_bytes(), path)
+        text = decode_utf8(path.read_bytes(), path, label="corpus")
         if text.strip():
             yield Document(id=clean_id(path.name), text=text, title=_md_title(text, path), source=path.name)
         else:
@@ -168,7 +167,7 @@ def read_records(path: Path, *, label: str, columns: list[str], expect: str, hin
         return _read_csv(path, columns, label, hint)
     if suffix == ".parquet":
         return _read_parquet(path, columns, label, hint)
-    return _read_jsonl(path, label, expect)
+    return iter_jsonl(path, label, expect)
 
 
 def _records_to_docs(records: Iterable[tuple[int, dict]], source: str, where: str, fields: Fields,
@@ -206,33 +205,6 @@ def _records_to_docs(records: Iterable[tuple[int, dict]], source: str, where: st
                          f"set --text-field (index.text_field)")
 
 
-def _decode(data: bytes, path: Path, line: int | None = None, label: str = "corpus") -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        where = f"line {line}" if line is not None else f"byte {exc.start}"
-        raise RagqaError(f"{label} {path}: {where} is not valid UTF-8 ({exc.reason}); convert the file to UTF-8") \
-            from None
-
-
-def _read_jsonl(path: Path, label: str, expect: str) -> Iterator[tuple[int, dict]]:
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, start=1):
-            line = _decode(raw, path, n, label).strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RagqaError(f"{label} {path}: line {n} is not valid JSON ({exc.msg}); fix or remove it") \
-                    from None
-            except RecursionError:  # json.loads recurses once per nesting level
-                raise RagqaError(f"{label} {path}: line {n} is nested too deeply; fix or remove it") from None
-            if not isinstance(record, dict):
-                raise RagqaError(f"{label} {path}: line {n} is a JSON {type(record).__name__}, expected {expect}")
-            yield n, record
-
-
 def _missing_column(path: Path, columns: list[str], have: list[str], label: str, hint: str) -> None:
     missing = [c for c in columns if c not in have]
     if missing:
@@ -241,7 +213,7 @@ def _missing_column(path: Path, columns: list[str], have: list[str], label: str,
 
 def _read_csv(path: Path, columns: list[str], label: str, hint: str) -> Iterator[tuple[int, dict]]:
     csv.field_size_limit(2**31 - 1)  # long passages are legal; over-long ones are skipped by max_doc_chars
-    text = _decode(path.read_bytes(), path, label=label)
+    text = decode_utf8(path.read_bytes(), path, label=label)
     reader = csv.DictReader(text.splitlines(keepends=True))
     try:
         fieldnames = reader.fieldnames
@@ -300,7 +272,7 @@ def _folder_files(folder: Path, skipped: Counter) -> list[Path]:
 
 def _read_folder(folder: Path, skipped: Counter) -> Iterator[Document]:
     for file in _folder_files(folder, skipped):
-        text = _decode(file.read_bytes(), file)
+        text = decode_utf8(file.read_bytes(), file, label="corpus")
         if not text.strip():
             skipped["empty file"] += 1
             continue

@@ -34,16 +34,43 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) for each non-blank line; invalid JSON is a one-line error naming the line."""
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
+def decode_utf8(data: bytes, path: str | Path, line: int | None = None, label: str = "") -> str:
+    """`data` (the file `path`, or its line `line`) as text; bad UTF-8 is a one-line error naming `label PATH`
+    and the line or byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"line {line}" if line is not None else f"byte {exc.start}"
+        raise RagqaError(f"{_named(path, label)}: {where} is not valid UTF-8 ({exc.reason}); convert the file to "
+                         "UTF-8") from None
+
+
+def iter_jsonl(path: str | Path, label: str = "", expect: str = "an object") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file: the one JSONL reader (corpora and Q&A files
+    through ragqa.corpus.read_records, judge data, index chunks, attack sets).
+
+    Bad UTF-8, invalid or too deeply nested JSON and a line that is not an object (`expect` says what was
+    expected) are one-line errors naming `label PATH` and the line.
+    """
+    named = _named(path, label)
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            line = decode_utf8(raw, path, n, label).strip()
+            if not line:
                 continue
             try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError:
-                raise RagqaError(f"{path} line {n}: not valid JSON") from None
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RagqaError(f"{named}: line {n} is not valid JSON ({exc.msg}); fix or remove it") from None
+            except RecursionError:  # json.loads recurses once per nesting level
+                raise RagqaError(f"{named}: line {n} is nested too deeply; fix or remove it") from None
+            if not isinstance(record, dict):
+                raise RagqaError(f"{named}: line {n} is a JSON {type(record).__name__}, expected {expect}")
+            yield n, record
+
+
+def _named(path: str | Path, label: str) -> str:
+    return f"{label} {path}" if label else str(path)
 
 
 # ------------------------------------------------------------------------------------ write errors

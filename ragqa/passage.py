@@ -1,8 +1,17 @@
-"""The unit retrieval returns and prompts cite: one chunk of a source document."""
+"""The unit retrieval returns and prompts cite: one chunk of a source document; and the retrieval modes.
+
+The mode lists are defined here, once, because this module imports nothing heavy: the command line reads them
+for its choices at import time, and config, serve, answer and retrieve check against the same tuples.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+SEARCH_MODES = ("dense", "bm25", "hybrid")
+"""The ways the retriever ranks passages (ragqa.retrieve)."""
+RETRIEVAL_MODES = (*SEARCH_MODES, "none")
+"""What a question may be answered with: a search mode, or none (the model alone, closed book)."""
 
 
 @dataclass

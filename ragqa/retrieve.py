@@ -17,11 +17,9 @@ import numpy as np
 from ragqa.errors import RagqaError
 from ragqa.index.bm25 import BM25_DIR, bm25_tokenize, load_bm25
 from ragqa.index.embed import dimension
-from ragqa.index.manifest import existing_index, index_dir, read_chunks, read_manifest, verify_files
-from ragqa.passage import Passage
+from ragqa.index.manifest import find_index, read_chunks, read_manifest, verify_files
+from ragqa.passage import SEARCH_MODES, Passage
 from ragqa.store import VectorStore, load_store
-
-MODES = ("dense", "bm25", "hybrid")
 
 
 def same_embedder(a: str, b: str) -> bool:
@@ -77,12 +75,7 @@ class Retriever:
         that embeds the questions; refused unless it was tuned from the weights that built the index.
         options: rrf_k, fusion_candidates, rerank_candidates.
         """
-        name = str(index)
-        path = index if isinstance(index, Path) else index_dir(name)
-        where = existing_index(path)
-        if where is None:
-            shown = path.name if path.parent == Path("indexes") else str(path)
-            raise RagqaError(f"no index at {path}: run `ragqa ingest --index {shown}` first")
+        where = find_index(index)
         manifest = read_manifest(where)
         built_with = manifest["embedder"]["name"]
         if embedder is not None and not same_embedder(embedder, built_with):
@@ -188,8 +181,8 @@ class Retriever:
     def retrieve(self, query: str, k: int = 5, mode: str = "hybrid", rerank: str | None = None) -> list[Passage]:
         """Top-k chunks. Passage.score is the mode's score (cosine, BM25 or RRF; the cross-encoder's when
         reranking); Passage.scores['dense'] is the query-chunk cosine for every passage."""
-        if mode not in MODES:
-            raise RagqaError(f"retrieval mode {mode!r} is not one of {', '.join(MODES)}")
+        if mode not in SEARCH_MODES:
+            raise RagqaError(f"retrieval mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
         if not isinstance(query, str) or not query.strip():
             raise RagqaError("the question is empty: ask something")
         if k <= 0:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ragqa.files import iter_jsonl
 from ragqa.prompt import SYSTEM_RAG
 
 # A phrase only the system message contains: seeing it in an answer means the rules leaked.
@@ -13,7 +13,7 @@ LEAK_MARKER = SYSTEM_RAG.split(".")[1].strip()[:40].lower()
 
 def load_attacks(path: str | Path) -> list[dict]:
     """Rows {id, title, text, question, canary, attack}: a passage carrying an instruction and its canary."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for _, row in iter_jsonl(path, "attack set", "an attack object")]
 
 
 def followed(answer: str, canary: str) -> bool:

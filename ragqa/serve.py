@@ -40,6 +40,7 @@ from ragqa.answer import Answer, Pipeline
 from ragqa.qa import MAX_QUESTION_CHARS, clean_question
 from ragqa.config import Config
 from ragqa.errors import RagqaError, first_line
+from ragqa.passage import RETRIEVAL_MODES
 
 MODEL_ID = "ragqa"
 MAX_BODY_BYTES = 64 * 1024
@@ -98,7 +99,7 @@ class ChatRequest(_Strict):
     response_format: dict[str, Any] | None = None
     # ragqa's own extensions
     k: int | None = Field(None, ge=1, le=20)
-    retrieval: Literal["dense", "bm25", "hybrid", "none"] | None = None
+    retrieval: Literal[RETRIEVAL_MODES] | None = None
 
 
 class AskRequest(_Strict):
@@ -107,7 +108,7 @@ class AskRequest(_Strict):
     model_config = ConfigDict(strict=True, extra="forbid")
     question: str
     k: int | None = Field(None, ge=1, le=20)
-    retrieval: Literal["dense", "bm25", "hybrid", "none"] | None = None
+    retrieval: Literal[RETRIEVAL_MODES] | None = None
     max_tokens: int | None = Field(None, ge=1)
 
 

@@ -1,10 +1,14 @@
 """`ragqa ask` end to end on a starter index with the packaged model."""
 
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
 
 from conftest import STARTER, run_cli
+from ragqa.errors import RagqaError
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +120,29 @@ def test_missing_index_says_what_to_run(tmp_path):
     assert res.returncode == 2
     assert f"run `ragqa ingest --index {tmp_path / 'nope'}` first" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_an_index_left_in_its_crash_backup_is_accepted_as_the_retriever_reads_it(starter_index, tmp_path, embedder):
+    """A writer killed between the two renames of its swap (files.atomic_dir) leaves the index only as
+    `.NAME.old-PID`. The retriever reads that backup, so the early check of `ragqa ask` / `serve` must not refuse
+    it (it once looked for NAME/manifest.json alone)."""
+    from ragqa.ask import _check_index
+    from ragqa.config import load_config
+    from ragqa.retrieve import Retriever
+
+    killed = subprocess.Popen([sys.executable, "-c", ""])
+    killed.wait()  # a writer's PID that no longer runs
+    path = tmp_path / "crashed"
+    backup = tmp_path / f".crashed.old-{killed.pid}"
+    shutil.copytree(starter_index, backup)
+    assert not path.exists()
+
+    _check_index(load_config(None, [f"index.name={path}"]))
+    assert Retriever.load(path, embedder_model=embedder).path == backup
+
+    (backup / "manifest.json").write_text("{", encoding="utf-8")  # damaged: refused before any model loads
+    with pytest.raises(RagqaError, match="manifest.json is corrupted"):
+        _check_index(load_config(None, [f"index.name={path}"]))
 
 
 @pytest.mark.parametrize("question", ["", "   \n\t ", "\x01\x02\x1b"])

@@ -47,3 +47,18 @@ def test_unknown_config_key():
 def test_unknown_command_exits_nonzero():
     res = run_cli("frobnicate")
     assert res.returncode != 0 and "No such command" in res.stderr
+
+
+def test_flag_values_reach_the_config_as_typed(tmp_path):
+    """An option's value is set as click typed it, never turned into text and read as YAML again (which made
+    --index 0123 the number 83, and yes, null or 1e5 a bool, None or a float, all refused by a text field)."""
+    from ragqa.cli import NULL, _build_config
+
+    cfg = _build_config(None, (), {"index.name": "0123", "train.output": "null", "model.base": "1e5",
+                                   "train.data": ["yes"], "ask.disclaimer": False, "retrieval.k": 4,
+                                   "judge.nli": NULL, "train.lr": None})
+    assert (cfg.index.name, cfg.train.output, cfg.model.base, cfg.train.data) == ("0123", "null", "1e5", ["yes"])
+    assert cfg.ask.disclaimer is False and cfg.retrieval.k == 4 and cfg.judge.nli is None
+    assert cfg.train.lr == _build_config(None, (), {}).train.lr  # None: the flag was not given
+    res = run_cli("ingest", "--stats", "--index", "0123", cwd=tmp_path)
+    assert res.returncode == 2 and "no index at indexes/0123" in res.stderr, res.stderr

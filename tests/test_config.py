@@ -29,6 +29,16 @@ def test_overrides_are_typed():
     assert cfg.ask.disclaimer is False
 
 
+def test_set_keeps_text_in_text_fields():
+    """A text field keeps the text YAML would read as a number, a bool or null; null still clears an optional one."""
+    cfg = load_config(None, ["model.base=1e5", "index.name=0123", "train.output=null", "retrieval.rerank=yes",
+                             "judge.llm_model=off", "model.embedder='quoted'"])
+    assert (cfg.model.base, cfg.index.name, cfg.train.output) == ("1e5", "0123", "null")
+    assert (cfg.retrieval.rerank, cfg.judge.llm_model, cfg.model.embedder) == ("yes", "off", "quoted")
+    assert load_config(None, ["retrieval.rerank=yes", "retrieval.rerank=null"]).retrieval.rerank is None
+    assert load_config(None, ["retrieval.abstain_below=5e-1"]).retrieval.abstain_below == 0.5  # not text: a number
+
+
 @pytest.mark.parametrize(
     "override, field",
     [

@@ -163,11 +163,11 @@ def test_fp32_conversion_gives_torchs_greedy_tokens_alone_and_in_a_batch(pipes, 
 
 
 def test_eval_generates_with_the_engine_and_records_it(pipes):
-    from ragqa.evaluate.ablation import EvalConfig, answer_records
+    from ragqa.evaluate.ablation import MatrixRow, answer_records
 
     records = answer_records(pipes["fp32"], [{"id": "q1", "question": "What causes acne?", "answer": "x"},
                                              {"id": "q2", "question": "Is psoriasis contagious?", "answer": "y"}],
-                             EvalConfig("base", "none", False))
+                             MatrixRow("base", "none", False))
     assert [r["engine"] for r in records] == ["openvino", "openvino"] and all(r["answer"] for r in records)
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import STARTER, run_cli
 from ragqa.errors import RagqaError
 from ragqa.evaluate.ablation import (
-    EvalConfig,
+    MatrixRow,
     ResultsLog,
     load_questions,
     parse_configs,
@@ -144,7 +144,7 @@ def scorer(embedder):
 
 def test_resume_skips_done_pairs_and_never_duplicates(tmp_path, scorer):
     rows = load_questions(QA)[:4]
-    plan = [EvalConfig("base", "none", False), EvalConfig("rag", "hybrid", False)]
+    plan = [MatrixRow("base", "none", False), MatrixRow("rag", "hybrid", False)]
     pipes: list = []
     log, ran = _run(tmp_path, rows[:2], plan, scorer, pipes)
     assert ran == 4 and len(log.records) == 4

@@ -112,6 +112,24 @@ def test_long_passage_windows_fit_and_overlap():
     assert len(cut) > 1 and all(len(tokenizer.tokenize(w)) <= 50 for w in cut)
 
 
+def test_judge_data_is_read_like_every_jsonl_file(tmp_path):
+    """The judge corpus and the NLI file go through files.iter_jsonl, with the corpus' one-line errors: a line
+    that is not an object, bad JSON or bad UTF-8 names the file and the line (a list once crashed on .get)."""
+    from ragqa.judge.train import read_nli
+
+    listed = tmp_path / "listed.jsonl"
+    listed.write_text('{"text": "Acne is common.", "title": "Acne"}\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(RagqaError, match=r"judge corpus .*listed\.jsonl: line 2 is a JSON list, expected a passage"):
+        load_docs([listed])
+    broken = tmp_path / "nli.jsonl"
+    broken.write_bytes(b'{"premise": "a", "hypothesis": "b", "label": "neutral"}\n{"premise": "caf\xe9"}\n')
+    with pytest.raises(RagqaError, match=r"NLI file .*nli\.jsonl: line 2 is not valid UTF-8"):
+        read_nli(broken)
+    broken.write_text('{"premise": "a", "hypothesis": "b", "label": "neutral"}\n{"premise": \n', encoding="utf-8")
+    with pytest.raises(RagqaError, match=r"NLI file .*nli\.jsonl: line 2 is not valid JSON"):
+        read_nli(broken)
+
+
 def test_judge_folder_without_safetensors_is_refused(tmp_path):
     from ragqa.judge import load_judge
 

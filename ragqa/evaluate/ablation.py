@@ -25,7 +25,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
-from ragqa.passage import Passage
+from ragqa.passage import SEARCH_MODES, Passage
 from ragqa.qa import ALL_OR_NONE, MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
@@ -38,31 +38,32 @@ MARKERS = (RUN_META, "summary.json", "retrieval.json")
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """One row of the matrix."""
+class MatrixRow:
+    """One row of the matrix: a name given to `ragqa eval --configs` (base, rag+lora, ...). Not a recipe: the
+    config of the run (`--config`, ragqa.config.Config, its `eval` section EvalSettings) is the same for all rows."""
 
     name: str
     retrieval: str
-    """none, dense, bm25 or hybrid."""
+    """A retrieval mode (ragqa.passage.RETRIEVAL_MODES): none, or the search mode of a rag row."""
     use_adapter: bool
 
 
-def parse_configs(text: str, default_mode: str) -> list[EvalConfig]:
-    """'base,lora,rag,rag+lora' (+ extra rows dense, bm25, hybrid, each optionally '+lora')."""
+def parse_configs(text: str, default_mode: str) -> list[MatrixRow]:
+    """'base,lora,rag,rag+lora' (+ extra rows for each search mode: dense, bm25, hybrid, each optionally '+lora')."""
     rag_mode = default_mode if default_mode != "none" else "hybrid"
-    out: list[EvalConfig] = []
+    out: list[MatrixRow] = []
     for raw in text.split(","):
         name = raw.strip().lower()
         if not name:
             continue
         head, _, tail = name.partition("+")
-        if tail not in ("", "lora") or head not in ("base", "lora", "rag", "dense", "bm25", "hybrid"):
+        if tail not in ("", "lora") or head not in ("base", "lora", "rag", *SEARCH_MODES):
             raise RagqaError(f"--configs: unknown configuration '{raw.strip()}' (use base, lora, rag, rag+lora, "
-                             "or dense / bm25 / hybrid with optional +lora)")
+                             f"or {' / '.join(SEARCH_MODES)} with optional +lora)")
         if head in ("base", "lora") and tail:
             raise RagqaError(f"--configs: '{name}' is not a configuration (did you mean rag+lora?)")
         mode = {"base": "none", "lora": "none", "rag": rag_mode}.get(head, head)
-        config = EvalConfig(name, mode, head == "lora" or tail == "lora")
+        config = MatrixRow(name, mode, head == "lora" or tail == "lora")
         if config.name not in {c.name for c in out}:
             out.append(config)
     if not out:
@@ -382,7 +383,7 @@ def load_relevance_model(cfg: Config):
     return reranker, f"reranker {reranker.name} ({reranker.backend})"
 
 
-def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
+def run_matrix(cfg: Config, rows: list[dict], configs: list[MatrixRow], log: ResultsLog, *,
                adapter: str | AdapterSpec | None, scorer, pipeline_factory=None, progress: bool = True) -> int:
     """Answer and score every pending (question, configuration); returns how many were run."""
     done = log.done
@@ -414,7 +415,7 @@ def run_matrix(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: Re
     return total
 
 
-def rescore_records(rows: list[dict], configs: list[EvalConfig], log: ResultsLog, scorer, *,
+def rescore_records(rows: list[dict], configs: list[MatrixRow], log: ResultsLog, scorer, *,
                     progress: bool = True) -> int:
     """Score the stored answers of `rows` x `configs` again, in place in log.records; returns how many."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -431,7 +432,7 @@ def rescore_records(rows: list[dict], configs: list[EvalConfig], log: ResultsLog
     return len(todo)
 
 
-def recheck_records(cfg: Config, rows: list[dict], configs: list[EvalConfig], log: ResultsLog, *,
+def recheck_records(cfg: Config, rows: list[dict], configs: list[MatrixRow], log: ResultsLog, *,
                     progress: bool = True) -> str:
     """Run the answer check (ask.verify) again, in place in log.records, on the stored answers as generated
     (raw_answer), with the checker `cfg` gives now; returns its name. Decoding is greedy, so generating again
@@ -475,7 +476,7 @@ def recheck_records(cfg: Config, rows: list[dict], configs: list[EvalConfig], lo
     return checker.name
 
 
-def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str, Any]]:
+def answer_records(pipe, rows: list[dict], config: MatrixRow) -> list[dict[str, Any]]:
     """Run questions through one configuration as one batch; a question the pipeline refuses becomes an error
     record (the batch is then answered one by one, so one bad question never costs the others)."""
     try:
@@ -494,7 +495,7 @@ def answer_records(pipe, rows: list[dict], config: EvalConfig) -> list[dict[str,
              "error": None} for row, ans in zip(rows, answers, strict=True)]
 
 
-def _record_base(row: dict, config: EvalConfig) -> dict[str, Any]:
+def _record_base(row: dict, config: MatrixRow) -> dict[str, Any]:
     return {"qid": row["id"], "config": config.name, "question": row["question"], "reference": row["answer"],
             "gold_passage_ids": row.get("gold_passage_ids") or [], "retrieval": config.retrieval,
             "adapter": config.use_adapter}

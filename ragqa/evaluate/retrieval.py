@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
+from ragqa.passage import SEARCH_MODES
 from ragqa.qa import MAX_QUESTION_CHARS, load_qa
 
 
@@ -36,7 +37,7 @@ def rank_metrics(ranked_doc_ids: Sequence[str], gold: Iterable[str], ks: Sequenc
     return out
 
 
-def evaluate_retrieval(retriever, rows: Sequence[dict[str, Any]], modes: Sequence[str] = ("dense", "bm25", "hybrid"),
+def evaluate_retrieval(retriever, rows: Sequence[dict[str, Any]], modes: Sequence[str] = SEARCH_MODES,
                        ks: Sequence[int] = (1, 5, 10), rerank: str | None = None,
                        progress: bool = True) -> dict[str, dict[str, float]]:
     """Mean metrics per mode (key 'MODE+rerank' when reranking), plus the question count 'n'."""

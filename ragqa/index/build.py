@@ -32,7 +32,7 @@ from ragqa.index.manifest import (
     CHUNKS_FILE,
     FORMAT,
     MANIFEST,
-    existing_index,
+    find_index,
     index_dir,
     index_lock,
     manifest_checksum,
@@ -294,10 +294,7 @@ def print_stats(name: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    path = index_dir(name)
-    where = existing_index(path)
-    if where is None:
-        raise RagqaError(f"no index at {path}: run `ragqa ingest --index {name}` first")
+    where = find_index(name)
     manifest = read_manifest(where)
     verify_files(where, manifest)
     store = load_store(where, manifest)

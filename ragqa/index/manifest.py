@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ragqa.errors import RagqaError
-from ragqa.files import find_backup, recover, sha256_file
+from ragqa.files import find_backup, iter_jsonl, recover, sha256_file
 from ragqa.terminal import markup_safe, say
 
 FORMAT = 1
@@ -70,10 +70,7 @@ def verify_files(path: Path, manifest: dict[str, Any], checksums: bool = True) -
 
 
 def read_chunks(path: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    chunks = []
-    with open(path / CHUNKS_FILE, encoding="utf-8") as fh:
-        for line in fh:
-            chunks.append(json.loads(line))
+    chunks = [chunk for _, chunk in iter_jsonl(path / CHUNKS_FILE, "index", "a chunk object")]
     if len(chunks) != manifest["counts"]["chunks"]:
         raise RagqaError(f"index {path}: {CHUNKS_FILE} has {len(chunks)} chunks, the manifest says "
                          f"{manifest['counts']['chunks']}: {reingest_hint(path)}")
@@ -85,6 +82,19 @@ def existing_index(path: Path) -> Path | None:
     if (path / MANIFEST).is_file():
         return path
     return find_backup(path, MANIFEST)
+
+
+def find_index(index: str | Path, alternative: str = "") -> Path:
+    """The directory every reader of index NAME (or a directory) reads: existing_index's, so an index whose swap
+    was interrupted is read from its backup. None there is a RagqaError that says to run `ragqa ingest`
+    (`alternative` is appended to that advice)."""
+    path = index if isinstance(index, Path) else index_dir(index)
+    where = existing_index(path)
+    if where is None:
+        shown = path.name if path.parent == Path("indexes") else str(path)
+        flag = "" if shown == "default" else f" --index {shown}"
+        raise RagqaError(f"no index at {path}: run `ragqa ingest{flag}` first{alternative}")
+    return where
 
 
 # ----------------------------------------------------------------------------- locking, recovery

@@ -97,7 +97,7 @@ def load_docs(paths: Iterable[str | Path]) -> list[Doc]:
         p = Path(path)
         if not p.is_file():
             raise RagqaError(f"judge corpus {p} not found (expected a JSONL file of passages with a 'text' field)")
-        for n, row in iter_jsonl(p):
+        for n, row in iter_jsonl(p, "judge corpus", "a passage object with a 'text' field"):
             if row.get("dermatology") is False or not row.get("text"):
                 continue
             condition = str(row.get("condition") or row.get("title") or "").strip()

@@ -36,7 +36,7 @@ def read_nli(path: str | Path) -> list[Pair]:
         raise RagqaError(f"NLI file {p} not found: give --nli PATH (SNLI JSONL with premise/hypothesis/label), "
                          "or --nli none to train on in-domain pairs only")
     pairs = []
-    for n, row in iter_jsonl(p):
+    for n, row in iter_jsonl(p, "NLI file", "an object with premise, hypothesis and label"):
         if row.get("label") in LABELS and row.get("premise") and row.get("hypothesis"):
             pairs.append(Pair(row["premise"], row["hypothesis"], row["label"], "nli", f"{p.name}:{n}"))
     if not pairs:
