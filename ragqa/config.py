@@ -149,7 +149,9 @@ class RetrievalConfig(_Section):
     ~3x sooner on CPU), torch, or auto = onnx on CPU where it works, torch otherwise."""
     rerank_backend: Literal["auto", "onnx", "torch"] = "auto"
     """How the cross-encoder runs: the same choice as query_encoder (onnx checked against torch before use)."""
-    query_encoder_weights: str = "none"
+    # Typed str | None only so that `--set retrieval.query_encoder_weights=null` reads as null (a text field keeps
+    # the text "null"); _none_is_off turns null into "none", so the value is always a string.
+    query_encoder_weights: str | None = "none"
     """Which weights embed the QUESTIONS: none (the index's embedder), or a query encoder tuned on the index's
     fixed passage vectors by `ragqa query-encoder train` (`default` = query_encoders/default, another name from
     `ragqa models`, or its folder). Passages keep the vectors the index holds; refused unless it was tuned from
