@@ -304,14 +304,22 @@ class RerankConfig(_Section):
 
     Questions and their split come from the train section (train.data, train.split_by, train.val_fraction,
     train.seed), so a recipe's reranker is trained on exactly the questions its adapter is, never on the
-    validation ones; the hard negatives come from the index (index.name) and its retrieval.mode."""
+    validation ones; the hard negatives come from the index (index.name) and its retrieval.mode (with
+    retrieval.query_encoder_weights: the first stage the reranker will sit on)."""
 
     base: str = "minilm"
     """Starting weights: registry name, local folder or hub id (a fresh one-logit head is added)."""
     output: str = "rerankers/default"
-    negatives: int = Field(7, ge=1, le=50)
+    loss: Literal["softmax", "bce"] = "softmax"
+    """softmax: listwise, the cross-entropy of the gold passage in a softmax over its question's list (gold +
+    hard negatives); bce: pointwise binary cross-entropy per pair (does not learn at MedQuAD's scale on CPU)."""
+    first_stage_temperature: float | None = Field(0.05, gt=0.0)
+    """softmax only: the reranker's logit is added to the passage's dense cosine / this (the first stage's score on
+    the query encoder's own softmax scale, temperature 0.05), in training and at inference (stored in the card),
+    so it learns a correction to the first stage rather than the whole match. None: the cross-encoder alone."""
+    negatives: int = Field(3, ge=1, le=50)
     """Hard negatives per question: top retrieved passages that are not gold, plus same-document ones."""
-    same_document_negatives: int = Field(2, ge=0, le=50)
+    same_document_negatives: int = Field(1, ge=0, le=50)
     """Of those, at most this many other passages of the question's document (same condition, other question
     type: its treatment when the question asks its symptoms), when the Q&A rows carry a doc_id."""
     candidates: int = Field(30, gt=0)
@@ -319,14 +327,21 @@ class RerankConfig(_Section):
     max_questions: int | None = Field(None, gt=0)
     """Train on at most this many (seeded) of the training questions (None: all)."""
     eval_questions: int = Field(200, ge=0)
-    """Validation questions scored for the card (first-stage vs reranked recall@1 and MRR@10); 0 skips it."""
+    """Validation questions scored for the card (first-stage vs reranked recall@1, @3, @5 and MRR@10 over the top
+    retrieval.rerank_candidates); 0 skips it."""
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, gt=0)
     """If set, overrides epochs."""
-    lr: float = Field(5e-5, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0)
+    """The encoder's learning rate (linear decay after 10 % warmup)."""
+    head_lr: float | None = Field(3e-3, gt=0.0)
+    """The fresh one-logit head's (`classifier`) learning rate; None: lr. At the encoder's rate the random head
+    hardly moves in the steps a CPU run has, and nothing is learned."""
     batch_size: int = Field(32, gt=0)
-    max_length: int = Field(288, gt=16, le=512)
-    """Tokens per question + passage (the index's chunks are 256 embedder tokens)."""
+    """Pairs per step; with the softmax loss, batch_size // (negatives + 1) questions' lists."""
+    max_length: int = Field(64, gt=16, le=512)
+    """Tokens per question + title line + passage: passages are cut to their opening, which says what they are
+    about (the index's chunks are 256 embedder tokens; 64 keeps a CPU step about half the cost of 128)."""
     seed: int = 0
 
 

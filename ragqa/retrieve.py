@@ -139,6 +139,20 @@ class Retriever:
         """All chunks of one source document, in order ([] for an unknown id)."""
         return [self._passage(row) for row in self._by_doc.get(doc_id, [])]
 
+    def with_cosines(self, query: str, passages: list[Passage]) -> list[Passage]:
+        """The passages (chunks of this index) with Passage.scores['dense'] set to their cosine with the query, as
+        retrieve sets it on the passages it returns."""
+        wanted = {p.chunk_id for p in passages}
+        rows = {self._chunks[row]["chunk_id"]: row for p in passages for row in self._by_doc.get(p.doc_id, [])
+                if self._chunks[row]["chunk_id"] in wanted}
+        missing = wanted - set(rows)
+        if missing:
+            raise RagqaError(f"chunk {sorted(missing)[0]} is not in index {self.path}")
+        cosines = self._cosines(self.embed_query(query), sorted(set(rows.values())))
+        for p in passages:
+            p.scores["dense"] = cosines[rows[p.chunk_id]]
+        return passages
+
     @property
     def query_encoder(self):
         """The query embedding backend (ragqa.query_encoder) of the tuned query encoder when there is one, of the
@@ -215,10 +229,11 @@ class Retriever:
         return [(row, fused[row]["rrf"], fused[row]) for row in order]
 
     def _rerank(self, name: str, query: str, passages: list[Passage]) -> list[Passage]:
-        """Rescore the first-stage candidates with the cross-encoder, one batch; ties keep first-stage order."""
+        """Rescore the first-stage candidates with the cross-encoder (Reranker.rank_scores: title line + text, on
+        top of the dense cosine for a reranker trained so), one batch; ties keep first-stage order."""
         if not passages:
             return passages
-        scores = self.reranker(name).scores([(query, p.text) for p in passages])
+        scores = self.reranker(name).rank_scores(query, passages)
         for p, s in zip(passages, scores, strict=True):
             p.scores["rerank"] = float(s)
             p.score = float(s)

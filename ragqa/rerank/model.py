@@ -6,8 +6,13 @@ Backends, as for the query encoder (ragqa.query_encoder, whose export and cache 
   safetensors weights, cached by a hash of them and checked against torch on probe pairs before use. `auto` takes
   onnx on CPU when that all works, torch otherwise.
 
-Scores are the model's sigmoid (one logit, a trained ragqa reranker or a hub ms-marco-style cross-encoder), so
-they are comparable across questions: the answer_relevance metric uses them as probabilities.
+Scores are the model's sigmoid (one logit, a trained ragqa reranker or a hub ms-marco-style cross-encoder); the
+answer_relevance metric uses them as P(relevant). A passage is read as its title line and text (`passage_text`), as
+the embedder reads it at ingest.
+
+A ragqa reranker trained on top of the first stage (its card's `first_stage_temperature` T, see
+ragqa.rerank.train) ranks candidates by logit + dense cosine / T (`Reranker.rank_scores`): it learns what the
+first stage gets wrong (the treatment passage for a symptoms question) instead of relearning the match.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ragqa.errors import RagqaError, first_line
-from ragqa.rerank.registry import DEFAULT, TRAIN_COMMAND, find_reranker, reranker_roots
+from ragqa.rerank.registry import CARD, DEFAULT, TRAIN_COMMAND, find_reranker, reranker_roots
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +44,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
 
 
-class Reranker:
-    """A one-logit cross-encoder; `scores` runs it through ONNX Runtime (`backend == 'onnx'`) or torch."""
+def passage_text(passage) -> str:
+    """What the reranker reads of a passage (training and inference alike): its title line, then its text."""
+    title = (getattr(passage, "title", "") or "").strip()
+    return f"{title}\n{passage.text}" if title else passage.text
 
-    def __init__(self, model, name: str, backend: str = "auto", batch_size: int = BATCH):
+
+class Reranker:
+    """A one-logit cross-encoder; `scores` runs it through ONNX Runtime (`backend == 'onnx'`) or torch.
+
+    first_stage_temperature: None, or T when the reranker was trained on top of the first stage (ranking by
+    logit + dense cosine / T: `rank_scores`)."""
+
+    def __init__(self, model, name: str, backend: str = "auto", batch_size: int = BATCH,
+                 first_stage_temperature: float | None = None):
         self.model = model
         self.name = name
         self.batch_size = batch_size
+        self.first_stage_temperature = first_stage_temperature
         self.session = None
         self.inputs: tuple[str, ...] = ()
         self.backend = "torch"
@@ -97,7 +113,14 @@ class Reranker:
                                  convert_to_numpy=True)
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
-    def _onnx_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    def _torch_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        out = self.model.predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False,
+                                 convert_to_numpy=True, activation_fn=torch.nn.Identity())
+        return np.asarray(out, dtype=np.float32).reshape(-1)
+
+    def _onnx_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         # Batches of similar length (sorted by characters): less padding, the same scores.
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
         out = np.empty(len(pairs), dtype=np.float32)
@@ -105,14 +128,33 @@ class Reranker:
             rows = order[start : start + self.batch_size]
             features = self.model.preprocess([pairs[i] for i in rows])  # CrossEncoder's tokenization and truncation
             logits = self.session.run(None, {name: features[name].numpy() for name in self.inputs})[0]
-            out[rows] = _sigmoid(logits[:, 0])
+            out[rows] = logits[:, 0]
         return out
+
+    def _onnx_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        return _sigmoid(self._onnx_logits(pairs))
+
+    def logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        """The relevance logit of each (question, text) pair, as float32."""
+        if not pairs:
+            return np.zeros(0, dtype=np.float32)
+        return self._onnx_logits(pairs) if self.session is not None else self._torch_logits(pairs)
 
     def scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """P(relevant) in [0, 1] for each (question, text) pair, as float32."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
         return self._onnx_scores(pairs) if self.session is not None else self._torch_scores(pairs)
+
+    def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
+        """The score to rank first-stage candidates (ragqa Passages) by: sigmoid(logit) of the passage read as
+        `passage_text`, plus, for a reranker trained on top of the first stage, the passage's dense cosine / T
+        inside the sigmoid (Passage.scores['dense'], which the Retriever sets on every candidate)."""
+        pairs = [(query, passage_text(p)) for p in passages]
+        if self.first_stage_temperature is None:
+            return self.scores(pairs)
+        cosines = np.array([p.scores.get("dense", 0.0) for p in passages], dtype=np.float64)
+        return _sigmoid(self.logits(pairs) + cosines / self.first_stage_temperature)
 
 
 def reranker_location(name: str) -> tuple[str, str]:
@@ -156,4 +198,23 @@ def load_reranker(name: str, device: str = "cpu", backend: str = "auto") -> Rera
     if model.num_labels != 1:
         raise RagqaError(f"reranker '{name}' has {model.num_labels} output labels; a reranker has one relevance "
                          "logit (an NLI judge is not a reranker)")
-    return Reranker(model, shown, backend)
+    return Reranker(model, shown, backend, first_stage_temperature=_first_stage_temperature(location))
+
+
+def _first_stage_temperature(location: str) -> float | None:
+    """The card's first_stage_temperature of a ragqa reranker folder (None for others and older cards)."""
+    import json
+
+    card = Path(location) / CARD
+    if not card.is_file():
+        return None
+    try:
+        value = json.loads(card.read_text(encoding="utf-8")).get("first_stage_temperature")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise RagqaError(f"reranker card {card} is unreadable ({first_line(exc)}); retrain it with "
+                         f"`{TRAIN_COMMAND}`") from None
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise RagqaError(f"reranker card {card}: first_stage_temperature {value!r} is not a positive number")
+    return float(value)

@@ -1,11 +1,21 @@
-"""Train the cross-encoder reranker (`ragqa rerank train`) on (question, passage, 1/0) pairs mined from the index.
+"""Train the cross-encoder reranker (`ragqa rerank train`) on each training question's gold passage and hard
+negatives mined from the index.
 
-sentence-transformers' CrossEncoderTrainer with binary cross-entropy on one logit: the scores are then
-probabilities, comparable across questions (answer_relevance uses them). The questions and their train/validation
-split are the train section's (train.data, split_by, val_fraction, seed: the RAFT recipe's document-disjoint
-split), so the reranker never sees a validation question. The result is a folder with safetensors weights and a
-`reranker.json` card (data hashes, split, pair counts, recipe, first-stage vs reranked validation metrics),
-written atomically.
+Loss (rerank.loss):
+- softmax (default): listwise. Per question, a softmax over the logits of its gold passage and its hard negatives,
+  the cross-entropy of the gold one (the InfoNCE the query encoder trains with). With
+  rerank.first_stage_temperature T, each logit is added to the passage's dense cosine / T: the first stage's own
+  ranking is the starting point and the cross-encoder learns what it gets wrong (a residual); the card stores T
+  and inference ranks the same way (ragqa.rerank.model.Reranker.rank_scores).
+- bce: pointwise binary cross-entropy of each (question, passage, 1/0) pair. Measured on MedQuAD: it stays at the
+  class prior at the scale a 2-core machine trains (README, Rerank).
+The fresh one-logit head (`classifier`) learns at rerank.head_lr, the encoder at rerank.lr: with both at 5e-5 the
+random head hardly moves in the hundred or so steps a CPU run has, and nothing is learned.
+
+The questions and their train/validation split are the train section's (train.data, split_by, val_fraction,
+seed: the RAFT recipe's document-disjoint split), so the reranker never sees a validation question. The result is
+a folder with safetensors weights and a `reranker.json` card (data hashes, split, pair counts, recipe,
+first-stage vs reranked validation metrics), written atomically.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ from ragqa.rerank.registry import CARD
 
 
 def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reranker=None) -> dict:
-    """Mean recall@1, recall@5 and MRR@10 of the gold documents in the first `candidates` results, as retrieved
-    or reranked by `reranker` (a ragqa.rerank Reranker); rows are QARows with gold ids."""
+    """Mean recall@1, recall@3, recall@5 and MRR@10 of the gold documents in the first `candidates` results, as
+    retrieved or reranked by `reranker` (a ragqa.rerank Reranker, ranking as the Retriever does); rows are QARows
+    with gold ids."""
     from ragqa.evaluate.retrieval import rank_metrics
 
     scored = [row for row in rows if row.gold_ids]
@@ -36,18 +47,70 @@ def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reran
     for row in scored:
         passages = retriever.retrieve(row.question, k=candidates, mode=mode)
         if reranker is not None and passages:
-            scores = reranker.scores([(row.question, p.text) for p in passages])
+            scores = reranker.rank_scores(row.question, passages)
             # stable: ties keep the first-stage order, as Retriever._rerank does
             passages = [passages[i] for i in sorted(range(len(passages)), key=lambda i: -float(scores[i]))]
-        totals.update(rank_metrics([p.doc_id for p in passages], row.gold_ids, ks=(1, 5)))
+        totals.update(rank_metrics([p.doc_id for p in passages], row.gold_ids, ks=(1, 3, 5)))
     return {"n": len(scored), **{name: round(total / len(scored), 4) for name, total in sorted(totals.items())}}
 
 
-def _dataset(pairs):
+def _dataset(pairs, listwise: bool):
+    """Pointwise: (question, passage, label) rows. Listwise: one row per question (pairs are consecutive per
+    question): query, docs, first_stage (dense cosines) and labels."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"question": [p.question for p in pairs], "passage": [p.passage for p in pairs],
-                              "label": [p.label for p in pairs]})
+    if not listwise:
+        return Dataset.from_dict({"question": [p.question for p in pairs], "passage": [p.passage for p in pairs],
+                                  "label": [p.label for p in pairs]})
+    lists: dict[str, list] = {}
+    for p in pairs:
+        lists.setdefault(p.row_id, []).append(p)
+    rows = [group for group in lists.values() if len(group) > 1]  # a lone gold passage teaches a softmax nothing
+    return Dataset.from_dict({"query": [g[0].question for g in rows], "docs": [[p.passage for p in g] for g in rows],
+                              "first_stage": [[p.first_stage for p in g] for g in rows],
+                              "labels": [[p.label for p in g] for g in rows]})
+
+
+def softmax_loss(model, temperature: float | None):
+    """The listwise loss (module docstring): inputs (queries, docs lists, dense-cosine lists), labels lists."""
+    import torch
+    from sentence_transformers.util import batch_to_device
+
+    class ListSoftmaxLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, inputs, labels, prompt=None, task=None):
+            queries, docs, first_stage = inputs
+            pairs = [(q, d) for q, ds in zip(queries, docs, strict=True) for d in ds]
+            features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
+            logits = self.model(features)["scores"].view(-1).float()
+            losses, start = [], 0
+            for cosines, label in zip(first_stage, labels, strict=True):
+                scores = logits[start : start + len(label)]
+                start += len(label)
+                if temperature:
+                    scores = scores + torch.as_tensor(cosines, dtype=torch.float32, device=scores.device) / temperature
+                target = torch.as_tensor(label, dtype=torch.float32, device=scores.device)
+                losses.append(-(torch.log_softmax(scores, dim=0) * target).sum() / target.sum())
+            return torch.stack(losses).mean()
+
+        def get_config_dict(self) -> dict:
+            return {"first_stage_temperature": temperature}
+
+    return ListSoftmaxLoss()
+
+
+def _optimizer(model, lr: float, head_lr: float, weight_decay: float):
+    """AdamW with the fresh one-logit head (`classifier`) at head_lr and the rest (encoder and the pretrained
+    pooler) at lr."""
+    import torch
+
+    head = {name for name, _ in model.named_parameters() if name.startswith("classifier.")}
+    groups = [{"params": [p for n, p in model.named_parameters() if n not in head], "lr": lr},
+              {"params": [p for n, p in model.named_parameters() if n in head], "lr": head_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
 
 
 def _check_output(target: Path) -> None:
@@ -88,7 +151,8 @@ def train_reranker(cfg, console=None) -> Path:
                          f"{retriever.path} (gold_passage_ids must name passages of the index)")
     kinds = Counter(p.kind for p in pairs)
     console.print(f"reranker data: {kinds['gold']} training questions ({skipped} without a gold passage), "
-                  f"{len(pairs) - kinds['gold']} hard negatives; {len(val_rows)} validation questions left out")
+                  f"{len(pairs) - kinds['gold']} hard negatives; {len(val_rows)} validation questions left out; "
+                  f"loss {r.loss}")
 
     import torch
     from sentence_transformers.cross_encoder import CrossEncoder, CrossEncoderTrainer, CrossEncoderTrainingArguments
@@ -98,6 +162,10 @@ def train_reranker(cfg, console=None) -> Path:
     from ragqa.judge.train import length_grouped_sampler
     from ragqa.rerank.model import Reranker
 
+    listwise = r.loss == "softmax"
+    temperature = r.first_stage_temperature if listwise else None
+    # batch_size counts pairs either way: a listwise batch takes as many questions' lists as fit in it
+    per_batch = max(1, r.batch_size // (1 + r.negatives)) if listwise else r.batch_size
     device = resolve_device(cfg.model.device)
     base = resolve(r.base)
     set_seed(r.seed)  # the one-logit head is initialised at random
@@ -116,14 +184,18 @@ def train_reranker(cfg, console=None) -> Path:
         with tempfile.TemporaryDirectory(prefix=".reranker-trainer-", dir=target.parent) as scratch:
             args = CrossEncoderTrainingArguments(
                 output_dir=scratch, num_train_epochs=r.epochs, max_steps=r.max_steps or -1,
-                per_device_train_batch_size=r.batch_size, learning_rate=r.lr, warmup_steps=0.1, weight_decay=0.01,
+                per_device_train_batch_size=per_batch, learning_rate=r.lr, warmup_steps=0.1, weight_decay=0.01,
                 seed=r.seed, data_seed=r.seed, save_strategy="no", eval_strategy="no", report_to="none",
                 logging_steps=50, use_cpu=device == "cpu",
                 bf16=device.startswith("cuda") and torch.cuda.is_bf16_supported(),
-                dataloader_num_workers=0, disable_tqdm=False, batch_sampler=length_grouped_sampler(),
+                dataloader_num_workers=0, disable_tqdm=False,
+                # pointwise pairs of similar length together; a listwise row is a whole question's list
+                **({} if listwise else {"batch_sampler": length_grouped_sampler()}),
             )
-            trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(pairs),
-                                          loss=BinaryCrossEntropyLoss(model))
+            loss = softmax_loss(model, temperature) if listwise else BinaryCrossEntropyLoss(model)
+            optimizer = _optimizer(model.model, r.lr, r.head_lr or r.lr, args.weight_decay)
+            trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(pairs, listwise), loss=loss,
+                                          optimizers=(optimizer, None))
             result = trainer.train()
         model.eval()
         model.save(str(tmp), create_model_card=False, safe_serialization=True)
@@ -134,13 +206,16 @@ def train_reranker(cfg, console=None) -> Path:
             n = cfg.retrieval.rerank_candidates
             metrics = {"candidates": n, "mode": mode,
                        "first_stage": ranking_metrics(retriever, held, mode, n),
-                       "reranked": ranking_metrics(retriever, held, mode, n, Reranker(model, target.name, "torch"))}
+                       "reranked": ranking_metrics(retriever, held, mode, n,
+                                                   Reranker(model, target.name, "torch", first_stage_temperature=temperature))}
         card = {
             "name": target.name,
             "kind": "reranker",
             "ragqa_version": __version__,
             "base": r.base,
             "max_length": r.max_length,
+            "passage": "title line + text",
+            "first_stage_temperature": temperature,
             "recipe": r.model_dump(mode="json"),
             "data": {
                 "qa": [{"path": path, "sha256": digest} for path, digest in hashes.items()],
@@ -158,9 +233,10 @@ def train_reranker(cfg, console=None) -> Path:
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     if metrics:
         before, after = metrics["first_stage"], metrics["reranked"]
-        console.print(f"reranker saved to {target}: validation recall@1 {before.get('recall@1', 0):.3f} -> "
-                      f"{after.get('recall@1', 0):.3f}, MRR@10 {before.get('mrr@10', 0):.3f} -> "
-                      f"{after.get('mrr@10', 0):.3f} ({card['train']['seconds']:.0f} s)")
+        shown = ", ".join(f"{name} {before.get(name, 0):.3f} -> {after.get(name, 0):.3f}"
+                          for name in ("recall@1", "recall@3", "mrr@10"))
+        console.print(f"reranker saved to {target}: validation ({mode} first stage -> reranked top {metrics['candidates']}) "
+                      f"{shown} ({card['train']['seconds']:.0f} s)")
     else:
         console.print(f"reranker saved to {target} ({card['train']['seconds']:.0f} s)")
     return target
