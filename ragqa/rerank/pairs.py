@@ -56,7 +56,7 @@ def mine_pairs(retriever, rows: Sequence[QARow], *, negatives: int, same_documen
         retrieved = retrieved[: negatives - len(hard)]
         retriever.with_cosines(row.question, [gold, *hard])  # retrieved ones carry theirs
 
-        def pair(p, label: float, kind: str) -> RankPair:
+        def pair(p, label: float, kind: str, row: QARow = row) -> RankPair:
             return RankPair(row.question, passage_text(p), label, kind, row.id, float(p.scores["dense"]))
 
         pairs.append(pair(gold, 1.0, "gold"))

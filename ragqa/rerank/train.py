@@ -206,8 +206,8 @@ def train_reranker(cfg, console=None) -> Path:
             n = cfg.retrieval.rerank_candidates
             metrics = {"candidates": n, "mode": mode,
                        "first_stage": ranking_metrics(retriever, held, mode, n),
-                       "reranked": ranking_metrics(retriever, held, mode, n,
-                                                   Reranker(model, target.name, "torch", first_stage_temperature=temperature))}
+                       "reranked": ranking_metrics(retriever, held, mode, n, Reranker(
+                           model, target.name, "torch", first_stage_temperature=temperature))}
         card = {
             "name": target.name,
             "kind": "reranker",
@@ -235,8 +235,8 @@ def train_reranker(cfg, console=None) -> Path:
         before, after = metrics["first_stage"], metrics["reranked"]
         shown = ", ".join(f"{name} {before.get(name, 0):.3f} -> {after.get(name, 0):.3f}"
                           for name in ("recall@1", "recall@3", "mrr@10"))
-        console.print(f"reranker saved to {target}: validation ({mode} first stage -> reranked top {metrics['candidates']}) "
-                      f"{shown} ({card['train']['seconds']:.0f} s)")
+        console.print(f"reranker saved to {target}: validation ({mode} first stage -> reranked top "
+                      f"{metrics['candidates']}) {shown} ({card['train']['seconds']:.0f} s)")
     else:
         console.print(f"reranker saved to {target} ({card['train']['seconds']:.0f} s)")
     return target
