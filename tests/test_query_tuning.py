@@ -81,7 +81,7 @@ def test_training_brings_questions_to_their_gold_passages_and_keeps_validation_o
     assert losses[-1] < losses[0], losses
     val = card["metrics"]["validation"]
     assert val["n"] == 8 and set(val) == {"candidates", "n", "dense", "hybrid"}
-    assert set(val["dense"]["tuned"]) == {"n", "recall@1", "recall@5", "mrr@10"}
+    assert set(val["dense"]["tuned"]) == {"n", "recall@1", "recall@3", "recall@5", "mrr@10"}
 
     base = Retriever.load(index, embedder_model=embedder, query_encoder="torch")
     adapted = Retriever.load(index, embedder_model=embedder, query_encoder="torch", query_encoder_weights=str(tuned))
