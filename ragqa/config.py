@@ -314,9 +314,9 @@ class RerankConfig(_Section):
     """softmax: listwise, the cross-entropy of the gold passage in a softmax over its question's list (gold +
     hard negatives); bce: pointwise binary cross-entropy per pair (does not learn at MedQuAD's scale on CPU)."""
     first_stage_temperature: float | None = Field(0.05, gt=0.0)
-    """softmax only: the reranker's logit is added to the passage's dense cosine / this (the first stage's score on
-    the query encoder's own softmax scale, temperature 0.05), in training and at inference (stored in the card),
-    so it learns a correction to the first stage rather than the whole match. None: the cross-encoder alone."""
+    """Ranking: the cross-encoder's logit + the candidate's dense cosine / this (the first stage's score on the
+    query encoder's own softmax scale, temperature 0.05), stored in the card and used at inference; training is
+    the cross-encoder alone. None: rank by the cross-encoder alone."""
     negatives: int = Field(3, ge=1, le=50)
     """Hard negatives per question: top retrieved passages that are not gold, plus same-document ones."""
     same_document_negatives: int = Field(1, ge=0, le=50)

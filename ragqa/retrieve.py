@@ -139,20 +139,6 @@ class Retriever:
         """All chunks of one source document, in order ([] for an unknown id)."""
         return [self._passage(row) for row in self._by_doc.get(doc_id, [])]
 
-    def with_cosines(self, query: str, passages: list[Passage]) -> list[Passage]:
-        """The passages (chunks of this index) with Passage.scores['dense'] set to their cosine with the query, as
-        retrieve sets it on the passages it returns."""
-        wanted = {p.chunk_id for p in passages}
-        rows = {self._chunks[row]["chunk_id"]: row for p in passages for row in self._by_doc.get(p.doc_id, [])
-                if self._chunks[row]["chunk_id"] in wanted}
-        missing = wanted - set(rows)
-        if missing:
-            raise RagqaError(f"chunk {sorted(missing)[0]} is not in index {self.path}")
-        cosines = self._cosines(self.embed_query(query), sorted(set(rows.values())))
-        for p in passages:
-            p.scores["dense"] = cosines[rows[p.chunk_id]]
-        return passages
-
     @property
     def query_encoder(self):
         """The query embedding backend (ragqa.query_encoder) of the tuned query encoder when there is one, of the

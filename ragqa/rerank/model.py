@@ -10,9 +10,8 @@ Scores are the model's sigmoid (one logit, a trained ragqa reranker or a hub ms-
 answer_relevance metric uses them as P(relevant). A passage is read as its title line and text (`passage_text`), as
 the embedder reads it at ingest.
 
-A ragqa reranker trained on top of the first stage (its card's `first_stage_temperature` T, see
-ragqa.rerank.train) ranks candidates by logit + dense cosine / T (`Reranker.rank_scores`): it learns what the
-first stage gets wrong (the treatment passage for a symptoms question) instead of relearning the match.
+A ragqa reranker whose card has a `first_stage_temperature` T (ragqa.rerank.train) ranks candidates by its logit
++ their dense cosine / T (`Reranker.rank_scores`): the cross-encoder's reading and the first stage's, summed.
 """
 
 from __future__ import annotations
@@ -53,8 +52,7 @@ def passage_text(passage) -> str:
 class Reranker:
     """A one-logit cross-encoder; `scores` runs it through ONNX Runtime (`backend == 'onnx'`) or torch.
 
-    first_stage_temperature: None, or T when the reranker was trained on top of the first stage (ranking by
-    logit + dense cosine / T: `rank_scores`)."""
+    first_stage_temperature: None, or T to rank candidates by logit + dense cosine / T (`rank_scores`)."""
 
     def __init__(self, model, name: str, backend: str = "auto", batch_size: int = BATCH,
                  first_stage_temperature: float | None = None):
@@ -147,14 +145,15 @@ class Reranker:
         return self._onnx_scores(pairs) if self.session is not None else self._torch_scores(pairs)
 
     def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
-        """The score to rank first-stage candidates (ragqa Passages) by: sigmoid(logit) of the passage read as
-        `passage_text`, plus, for a reranker trained on top of the first stage, the passage's dense cosine / T
-        inside the sigmoid (Passage.scores['dense'], which the Retriever sets on every candidate)."""
+        """The score to rank first-stage candidates (ragqa Passages) by, float64: the sigmoid of the logit of the
+        passage read as `passage_text`, plus, with a first_stage_temperature T, the passage's dense cosine / T
+        (Passage.scores['dense'], which the Retriever sets on every candidate). Float64, so that combined scores
+        near 1 keep their order."""
         pairs = [(query, passage_text(p)) for p in passages]
-        if self.first_stage_temperature is None:
-            return self.scores(pairs)
-        cosines = np.array([p.scores.get("dense", 0.0) for p in passages], dtype=np.float64)
-        return _sigmoid(self.logits(pairs) + cosines / self.first_stage_temperature)
+        logits = self.logits(pairs).astype(np.float64)
+        if self.first_stage_temperature is not None:
+            logits = logits + np.array([p.scores.get("dense", 0.0) for p in passages]) / self.first_stage_temperature
+        return 1.0 / (1.0 + np.exp(-logits))
 
 
 def reranker_location(name: str) -> tuple[str, str]:

@@ -6,16 +6,14 @@ passages from other documents (what the first stage confuses it with), and other
 passage is chosen as RAFT training chooses it (ragqa.qa.gold_passage), so both trainings agree on it. A passage
 whose text is the gold's (MedQuAD repeats some answers under several documents) is never a negative.
 
-Passages are read as the reranker reads them at inference (ragqa.rerank.model.passage_text: title line + text),
-and each carries its dense cosine with the question (`first_stage`), which a reranker trained on top of the
-first stage adds to its logit.
+Passages are read as the reranker reads them at inference (ragqa.rerank.model.passage_text: title line + text).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ragqa.qa import QARow, gold_passage, gold_siblings
 from ragqa.rerank.model import passage_text
@@ -30,8 +28,6 @@ class RankPair:
     kind: str
     """gold | retrieved | same_document"""
     row_id: str
-    first_stage: float = 0.0
-    """The dense cosine of question and passage (Passage.scores['dense'])."""
 
 
 def mine_pairs(retriever, rows: Sequence[QARow], *, negatives: int, same_document: int, candidates: int,
@@ -49,17 +45,13 @@ def mine_pairs(retriever, rows: Sequence[QARow], *, negatives: int, same_documen
         rng = random.Random(f"{seed}:{row.id}")  # per-row stream: independent of order and of other rows
         gold_docs = set(row.gold_ids) | {gold.doc_id}
         same = [c for c in siblings.get(row.group or "", ()) if c.doc_id not in gold_docs and c.text != gold.text]
-        hard = [replace(c, scores={}) for c in rng.sample(same, min(same_document, len(same), negatives))]
+        hard = rng.sample(same, min(same_document, len(same), negatives))
         taken = {c.chunk_id for c in hard}
         retrieved = [c for c in retriever.retrieve(row.question, k=candidates, mode=mode)
                      if c.doc_id not in gold_docs and c.chunk_id not in taken and c.text != gold.text]
         retrieved = retrieved[: negatives - len(hard)]
-        retriever.with_cosines(row.question, [gold, *hard])  # retrieved ones carry theirs
 
-        def pair(p, label: float, kind: str, row: QARow = row) -> RankPair:
-            return RankPair(row.question, passage_text(p), label, kind, row.id, float(p.scores["dense"]))
-
-        pairs.append(pair(gold, 1.0, "gold"))
-        pairs += [pair(c, 0.0, "same_document") for c in hard]
-        pairs += [pair(c, 0.0, "retrieved") for c in retrieved]
+        labelled = [(gold, 1.0, "gold"), *((c, 0.0, "same_document") for c in hard),
+                    *((c, 0.0, "retrieved") for c in retrieved)]
+        pairs += [RankPair(row.question, passage_text(p), label, kind, row.id) for p, label, kind in labelled]
     return pairs, skipped

@@ -3,14 +3,16 @@ negatives mined from the index.
 
 Loss (rerank.loss):
 - softmax (default): listwise. Per question, a softmax over the logits of its gold passage and its hard negatives,
-  the cross-entropy of the gold one (the InfoNCE the query encoder trains with). With
-  rerank.first_stage_temperature T, each logit is added to the passage's dense cosine / T: the first stage's own
-  ranking is the starting point and the cross-encoder learns what it gets wrong (a residual); the card stores T
-  and inference ranks the same way (ragqa.rerank.model.Reranker.rank_scores).
+  the cross-entropy of the gold one (the InfoNCE the query encoder trains with).
 - bce: pointwise binary cross-entropy of each (question, passage, 1/0) pair. Measured on MedQuAD: it stays at the
   class prior at the scale a 2-core machine trains (README, Rerank).
 The fresh one-logit head (`classifier`) learns at rerank.head_lr, the encoder at rerank.lr: with both at 5e-5 the
-random head hardly moves in the hundred or so steps a CPU run has, and nothing is learned.
+random head hardly moves in the few hundred steps a CPU run has, and nothing is learned.
+
+The cross-encoder is trained alone. With rerank.first_stage_temperature T (stored in the card), inference ranks the
+first stage's candidates by its logit + the passage's dense cosine / T (ragqa.rerank.model.Reranker.rank_scores):
+two log-odds-like scores of two different readers, summed. The card's validation metrics give the first stage,
+the reranked ranking, and the cross-encoder alone.
 
 The questions and their train/validation split are the train section's (train.data, split_by, val_fraction,
 seed: the RAFT recipe's document-disjoint split), so the reranker never sees a validation question. The result is
@@ -34,29 +36,47 @@ from ragqa.files import atomic_dir, check_writable_dir
 from ragqa.rerank.registry import CARD
 
 
-def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reranker=None) -> dict:
+def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reranker=None,
+                    alone: dict | None = None) -> dict:
     """Mean recall@1, recall@3, recall@5 and MRR@10 of the gold documents in the first `candidates` results, as
     retrieved or reranked by `reranker` (a ragqa.rerank Reranker, ranking as the Retriever does); rows are QARows
-    with gold ids."""
+    with gold ids. With a reranker that adds the first stage's cosine, `alone` (a dict) receives the metrics of
+    its cross-encoder alone, from the same logits."""
+    import numpy as np
+
     from ragqa.evaluate.retrieval import rank_metrics
+    from ragqa.rerank.model import passage_text
 
     scored = [row for row in rows if row.gold_ids]
     if not scored:
         return {}
     totals: Counter = Counter()
+    totals_alone: Counter = Counter()
+
+    def ranked(passages, scores) -> list[str]:
+        # stable: ties keep the first-stage order, as Retriever._rerank does
+        return [passages[i].doc_id for i in sorted(range(len(passages)), key=lambda i: -float(scores[i]))]
+
     for row in scored:
         passages = retriever.retrieve(row.question, k=candidates, mode=mode)
+        ids = [p.doc_id for p in passages]
         if reranker is not None and passages:
-            scores = reranker.rank_scores(row.question, passages)
-            # stable: ties keep the first-stage order, as Retriever._rerank does
-            passages = [passages[i] for i in sorted(range(len(passages)), key=lambda i: -float(scores[i]))]
-        totals.update(rank_metrics([p.doc_id for p in passages], row.gold_ids, ks=(1, 3, 5)))
+            logits = reranker.logits([(row.question, passage_text(p)) for p in passages])
+            temperature = reranker.first_stage_temperature
+            if temperature is not None:
+                totals_alone.update(rank_metrics(ranked(passages, logits), row.gold_ids, ks=(1, 3, 5)))
+                logits = logits + np.array([p.scores.get("dense", 0.0) for p in passages]) / temperature
+            ids = ranked(passages, logits)
+        totals.update(rank_metrics(ids, row.gold_ids, ks=(1, 3, 5)))
+    if alone is not None and totals_alone:
+        alone.update({"n": len(scored),
+                      **{name: round(total / len(scored), 4) for name, total in sorted(totals_alone.items())}})
     return {"n": len(scored), **{name: round(total / len(scored), 4) for name, total in sorted(totals.items())}}
 
 
 def _dataset(pairs, listwise: bool):
     """Pointwise: (question, passage, label) rows. Listwise: one row per question (pairs are consecutive per
-    question): query, docs, first_stage (dense cosines) and labels."""
+    question): query, docs and labels."""
     from datasets import Dataset
 
     if not listwise:
@@ -67,12 +87,11 @@ def _dataset(pairs, listwise: bool):
         lists.setdefault(p.row_id, []).append(p)
     rows = [group for group in lists.values() if len(group) > 1]  # a lone gold passage teaches a softmax nothing
     return Dataset.from_dict({"query": [g[0].question for g in rows], "docs": [[p.passage for p in g] for g in rows],
-                              "first_stage": [[p.first_stage for p in g] for g in rows],
                               "labels": [[p.label for p in g] for g in rows]})
 
 
-def softmax_loss(model, temperature: float | None):
-    """The listwise loss (module docstring): inputs (queries, docs lists, dense-cosine lists), labels lists."""
+def softmax_loss(model):
+    """The listwise loss (module docstring): inputs (queries, docs lists), labels lists."""
     import torch
     from sentence_transformers.util import batch_to_device
 
@@ -82,22 +101,17 @@ def softmax_loss(model, temperature: float | None):
             self.model = model
 
         def forward(self, inputs, labels, prompt=None, task=None):
-            queries, docs, first_stage = inputs
+            queries, docs = inputs
             pairs = [(q, d) for q, ds in zip(queries, docs, strict=True) for d in ds]
             features = batch_to_device(self.model.preprocess(pairs, prompt=prompt, task=task), self.model.device)
             logits = self.model(features)["scores"].view(-1).float()
             losses, start = [], 0
-            for cosines, label in zip(first_stage, labels, strict=True):
+            for label in labels:
                 scores = logits[start : start + len(label)]
                 start += len(label)
-                if temperature:
-                    scores = scores + torch.as_tensor(cosines, dtype=torch.float32, device=scores.device) / temperature
                 target = torch.as_tensor(label, dtype=torch.float32, device=scores.device)
                 losses.append(-(torch.log_softmax(scores, dim=0) * target).sum() / target.sum())
             return torch.stack(losses).mean()
-
-        def get_config_dict(self) -> dict:
-            return {"first_stage_temperature": temperature}
 
     return ListSoftmaxLoss()
 
@@ -163,7 +177,7 @@ def train_reranker(cfg, console=None) -> Path:
     from ragqa.rerank.model import Reranker
 
     listwise = r.loss == "softmax"
-    temperature = r.first_stage_temperature if listwise else None
+    temperature = r.first_stage_temperature
     # batch_size counts pairs either way: a listwise batch takes as many questions' lists as fit in it
     per_batch = max(1, r.batch_size // (1 + r.negatives)) if listwise else r.batch_size
     device = resolve_device(cfg.model.device)
@@ -192,7 +206,7 @@ def train_reranker(cfg, console=None) -> Path:
                 # pointwise pairs of similar length together; a listwise row is a whole question's list
                 **({} if listwise else {"batch_sampler": length_grouped_sampler()}),
             )
-            loss = softmax_loss(model, temperature) if listwise else BinaryCrossEntropyLoss(model)
+            loss = softmax_loss(model) if listwise else BinaryCrossEntropyLoss(model)
             optimizer = _optimizer(model.model, r.lr, r.head_lr or r.lr, args.weight_decay)
             trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(pairs, listwise), loss=loss,
                                           optimizers=(optimizer, None))
@@ -204,10 +218,13 @@ def train_reranker(cfg, console=None) -> Path:
             held = [row for row in val_rows if row.gold_ids]
             held = sorted(random.Random(r.seed).sample(held, min(r.eval_questions, len(held))), key=lambda x: x.id)
             n = cfg.retrieval.rerank_candidates
-            metrics = {"candidates": n, "mode": mode,
+            alone: dict = {}
+            reranker = Reranker(model, target.name, "torch", first_stage_temperature=temperature)
+            metrics = {"candidates": n, "mode": mode, "first_stage_temperature": temperature,
                        "first_stage": ranking_metrics(retriever, held, mode, n),
-                       "reranked": ranking_metrics(retriever, held, mode, n, Reranker(
-                           model, target.name, "torch", first_stage_temperature=temperature))}
+                       "reranked": ranking_metrics(retriever, held, mode, n, reranker, alone=alone)}
+            if alone:
+                metrics["cross_encoder_alone"] = alone
         card = {
             "name": target.name,
             "kind": "reranker",
