@@ -446,10 +446,10 @@ def recheck_records(cfg: Config, rows: list[dict], configs: list[MatrixRow], log
     from ragqa.prompt import fit_passages
     from ragqa.qa import clean_question
 
-    by_id = {r["id"] for r in rows}
+    ids = {r["id"] for r in rows}
     names = {c.name for c in configs}
     todo = [rec for rec in log.records
-            if str(rec["qid"]) in by_id and rec["config"] in names and rec.get("raw_answer") is not None]
+            if str(rec["qid"]) in ids and rec["config"] in names and rec.get("raw_answer") is not None]
     if not todo:
         raise RagqaError("--recheck: the stored answers were never checked (ask.verify was off for this run)")
     checker, tokenizer = support_scorer(cfg), load_tokenizer(cfg.model.base)

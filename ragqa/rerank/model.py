@@ -98,18 +98,13 @@ class Reranker:
         example = self.model.preprocess([PROBES[0], ("acne", "a short passage")])  # padded: the mask stays
         session = onnx_session(hf_model, example, inputs, "logits", "reranker", threads=os.cpu_count() or 1)
         self.session, self.inputs = session, inputs
-        want = self._torch_scores(PROBES)
-        got = self._onnx_scores(PROBES)
+        want = _sigmoid(self._torch_logits(PROBES))
+        got = _sigmoid(self._onnx_logits(PROBES))
         diff = float(np.abs(got - want).max())
         if diff > MAX_DIFF:
             self.session = None
             raise RagqaError(f"ONNX reranker scores differ from torch's (max {diff:.2e} > {MAX_DIFF})")
         self.backend = "onnx"
-
-    def _torch_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        out = self.model.predict(list(pairs), batch_size=self.batch_size, show_progress_bar=False,
-                                 convert_to_numpy=True)
-        return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def _torch_logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         import torch
@@ -129,9 +124,6 @@ class Reranker:
             out[rows] = logits[:, 0]
         return out
 
-    def _onnx_scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return _sigmoid(self._onnx_logits(pairs))
-
     def logits(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """The relevance logit of each (question, text) pair, as float32."""
         if not pairs:
@@ -140,9 +132,7 @@ class Reranker:
 
     def scores(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """P(relevant) in [0, 1] for each (question, text) pair, as float32."""
-        if not pairs:
-            return np.zeros(0, dtype=np.float32)
-        return self._onnx_scores(pairs) if self.session is not None else self._torch_scores(pairs)
+        return _sigmoid(self.logits(pairs))
 
     def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
         """The score to rank first-stage candidates (ragqa Passages) by, float64: the sigmoid of the logit of the
