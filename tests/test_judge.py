@@ -203,12 +203,26 @@ def test_tiny_judge_card_and_windows_of_a_long_passage(tiny_judge):
     assert (Path(tiny_judge) / "model.safetensors").is_file()
 
     judge = load_judge(str(tiny_judge))
-    passage, entailed, twin = EXAMPLES[0]
+    passage, entailed, twin = EXAMPLES[3]  # the entailed claim is not a copied sentence: the model scores it
     filler = " ".join(f"Unrelated note {i} about clinic opening hours on weekdays." for i in range(60))
     long_passage = filler + " " + passage  # the supporting text sits far beyond the model's 64 tokens
     result = judge.support(f"{entailed} [2]", ["Sunscreen prevents sunburn.", long_passage])
-    assert result.claims[0].claim == entailed and result.claims[0].passage == 1
+    assert result.claims[0].claim == entailed and result.claims[0].passage == 1 and result.claims[0].score < 1
     assert result.faithfulness > judge.support(twin, ["Sunscreen prevents sunburn.", long_passage]).faithfulness
+
+
+@pytest.mark.slow
+def test_a_sentence_copied_whole_is_entailed_without_the_model(tiny_judge):
+    from ragqa.judge import load_judge
+
+    judge = load_judge(str(tiny_judge))
+    passage = ("Unrelated note about clinic opening hours on weekdays. " * 30 + EXAMPLES[1][0]
+               + " It is not known whether diet changes how long the nodules last.")
+    copy = "the nodules fade over 6 weeks, without scarring [2]"  # case, punctuation and articles aside
+    clause = "Diet changes how long the nodules last."  # copied words, but the passage does not say so
+    scored = judge.support(f"{copy}. {clause}", ["Sunscreen prevents sunburn.", passage]).claims
+    assert (scored[0].score, scored[0].label, scored[0].passage) == (1.0, "entailment", 1)
+    assert scored[1].score < 1.0
 
 
 @pytest.mark.slow

@@ -3,6 +3,14 @@
 An answer is split into sentences (claims; citation markers removed). Each passage is cut into
 sentence-aligned windows that fit the model with the claim. A claim's score is its best entailment
 probability over all windows of all passages; the answer's faithfulness is the mean over its claims.
+
+A claim that IS one of a passage's sentences, word for word (after SQuAD normalization: case, punctuation,
+articles), is entailed by that passage without asking the model: identity is entailment. The small NLI model
+misses it surprisingly often when the sentence sits inside a long window (on 200 held-out MedQuAD answers of
+the RAFT adapter, 666 sentences were copies of a shown passage, and the model gave them a mean entailment
+probability of 0.73 and put 18 % of them under 0.5). Only a whole sentence counts: a copied clause can lose the
+context that negates or hedges it ("It is not known whether X causes Y" does not entail "X causes Y"), so it
+goes to the model, as do copies shorter than COPY_MIN_WORDS words (headings, list items).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from pathlib import Path
 
 from ragqa.errors import RagqaError, first_line
 from ragqa.judge.pairs import LABELS
-from ragqa.judge.text import split_sentences, windows
+from ragqa.judge.text import normalize, split_sentences, windows
 from ragqa.prompt import CITATION_RE
 
 
@@ -45,6 +53,21 @@ def split_claims(answer: str) -> list[str]:
     """The answer's sentences, citation markers like [1] removed; pieces without a word are dropped."""
     text = CITATION_RE.sub("", answer or "")
     return [s for s in (" ".join(c.split()) for c in split_sentences(text)) if any(ch.isalnum() for ch in s)]
+
+
+COPY_MIN_WORDS = 4
+"""A passage sentence copied whole with at least this many words is entailed by its passage (module docstring)."""
+
+
+def copied_from(claims: Sequence[str], passages: Sequence) -> list[int | None]:
+    """For each claim, the index of the first passage one of whose sentences it is, word for word (None if none)."""
+    sentences = [{normalize(s) for s in split_sentences(passage_text(p))} for p in passages]
+    found: list[int | None] = []
+    for claim in claims:
+        said = normalize(claim)
+        copy = len(said.split()) >= COPY_MIN_WORDS
+        found.append(next((p for p, own in enumerate(sentences) if copy and said in own), None))
+    return found
 
 
 def passage_text(passage) -> str:
@@ -113,7 +136,17 @@ class CrossEncoderJudge:
         return SupportResult(self.name, sum(c.score for c in scored) / len(scored) if scored else None, scored)
 
     def score_claims(self, claims: Sequence[str], passages: Sequence) -> list[ClaimScore]:
-        """Each claim's best entailment probability over all windows of all passages."""
+        """Each claim's best entailment probability over all windows of all passages (1 for a copied sentence)."""
+        if not claims:
+            return []
+        copies = copied_from(claims, passages)
+        asked = [c for c, copy in zip(claims, copies, strict=True) if copy is None]
+        scored = iter(self._model_scores(asked, passages))
+        certain = {"entailment": 1.0, "neutral": 0.0, "contradiction": 0.0}
+        return [next(scored) if copy is None else ClaimScore(claim, 1.0, "entailment", copy, dict(certain))
+                for claim, copy in zip(claims, copies, strict=True)]
+
+    def _model_scores(self, claims: Sequence[str], passages: Sequence) -> list[ClaimScore]:
         if not claims:
             return []
         budget = self.window_budget(claims)
