@@ -211,6 +211,18 @@ def test_tiny_judge_card_and_windows_of_a_long_passage(tiny_judge):
     assert result.faithfulness > judge.support(twin, ["Sunscreen prevents sunburn.", long_passage]).faithfulness
 
 
+def test_only_whole_sentences_count_as_copies():
+    from ragqa.judge.support import copied_from
+
+    passages = ["Signs and symptoms:\nCleft palate\nPhimosis\nAnodontia",
+                "It is not known whether diet changes how long the nodules last. The nodules fade over 6 weeks."]
+    claims = ["Phimosis", "cleft palate; phimosis [1]", "Phimosis. Cleft palate.",
+              "Diet changes how long the nodules last.", "The nodules fade over 6 weeks [2].",
+              "The nodules fade over 6",
+              "It is not known whether diet changes how long the nodules last, the nodules fade over 6 weeks."]
+    assert copied_from(claims, passages) == [0, 0, None, None, 1, None, 1]
+
+
 @pytest.mark.slow
 def test_a_sentence_copied_whole_is_entailed_without_the_model(tiny_judge):
     from ragqa.judge import load_judge

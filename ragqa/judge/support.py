@@ -8,9 +8,10 @@ A claim that IS one of a passage's sentences, word for word (after SQuAD normali
 articles), is entailed by that passage without asking the model: identity is entailment. The small NLI model
 misses it surprisingly often when the sentence sits inside a long window (on 200 held-out MedQuAD answers of
 the RAFT adapter, 666 sentences were copies of a shown passage, and the model gave them a mean entailment
-probability of 0.73 and put 18 % of them under 0.5). Only a whole sentence counts: a copied clause can lose the
-context that negates or hedges it ("It is not known whether X causes Y" does not entail "X causes Y"), so it
-goes to the model, as do copies shorter than COPY_MIN_WORDS words (headings, list items).
+probability of 0.73 and put 18 % of them under 0.5). Only whole sentences count (one, or several in a row: a
+list copied onto one line), and a list item or a line is a sentence (judge.text.split_sentences): a copied
+clause can lose the context that negates or hedges it ("It is not known whether X causes Y" does not entail
+"X causes Y"), so it goes to the model.
 """
 
 from __future__ import annotations
@@ -55,19 +56,24 @@ def split_claims(answer: str) -> list[str]:
     return [s for s in (" ".join(c.split()) for c in split_sentences(text)) if any(ch.isalnum() for ch in s)]
 
 
-COPY_MIN_WORDS = 4
-"""A passage sentence copied whole with at least this many words is entailed by its passage (module docstring)."""
-
-
 def copied_from(claims: Sequence[str], passages: Sequence) -> list[int | None]:
-    """For each claim, the index of the first passage one of whose sentences it is, word for word (None if none)."""
-    sentences = [{normalize(s) for s in split_sentences(passage_text(p))} for p in passages]
-    found: list[int | None] = []
-    for claim in claims:
-        said = normalize(claim)
-        copy = len(said.split()) >= COPY_MIN_WORDS
-        found.append(next((p for p, own in enumerate(sentences) if copy and said in own), None))
-    return found
+    """For each claim, the index of the first passage it copies whole sentences of, word for word (None if none)."""
+    sentences = [[n for n in map(normalize, split_sentences(passage_text(p))) if n] for p in passages]
+    return [next((p for p, own in enumerate(sentences) if _is_run_of(normalize(claim), own)), None)
+            for claim in claims]
+
+
+def _is_run_of(said: str, sentences: list[str]) -> bool:
+    """Whether `said` is one or more consecutive `sentences` joined."""
+    for start in range(len(sentences) if said else 0):
+        run = sentences[start]
+        for following in sentences[start + 1 :]:
+            if len(run) >= len(said):
+                break
+            run = f"{run} {following}"
+        if run == said:
+            return True
+    return False
 
 
 def passage_text(passage) -> str:
