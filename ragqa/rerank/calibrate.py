@@ -68,7 +68,8 @@ def summary(calibration: dict) -> str:
     held = calibration.get("held_out_off_topic") or {}
     extra = f", {held['declined']:.0%} of {held['n']} held-out off-topic ones" if held else ""
     return (f"relevance abstention: below P {calibration['threshold']:.3f} (answers "
-            f"{calibration['answered_in_domain']:.0%} of {calibration['n_in_domain']} in-domain training questions, "
+            f"{calibration['answered_in_domain']:.0%} of {calibration['n_in_domain']} in-domain questions: "
+            f"{calibration.get('in_domain', '')}; "
             f"declines {calibration['declined_off_topic']:.0%} of {calibration['n_off_topic']} fitted off-topic "
             f"ones{extra})")
 
