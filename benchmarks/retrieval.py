@@ -5,6 +5,8 @@ stores side by side. Prints JSON.
     .venv/bin/python benchmarks/retrieval.py --n 100000 --limit-qa 200 --queries 100   # quicker
     .venv/bin/python benchmarks/retrieval.py --index indexes/medquad --skip latency faiss quality abstain \
         --store faiss qdrant                                       # the stores alone (Qdrant local mode)
+    .venv/bin/python benchmarks/retrieval.py --index indexes/medquad --skip latency faiss quality abstain \
+        --config configs/smollm2-135m_lora-raft-derm_cpu.yaml --rerank default   # reranking alone (issue #16)
     ... --store faiss qdrant --store-url http://localhost:6333     # FAISS vs a Qdrant server
 
 Parts (each can be skipped):
@@ -16,6 +18,15 @@ Parts (each can be skipped):
   abstain   best dense cosine of in-domain questions vs the shipped off-topic ones, on the MedQuAD index and on
             the starter index: the threshold that separates them best, and the rates the threshold calibrated at
             ingest (retrieval.abstain_below auto) gives them.
+  rerank    (with --rerank NAME) on the validation questions of --config's train/validation split (train.data,
+            split_by, val_fraction, seed: the adapter's and the reranker's held-out questions) with the recipe's
+            retriever (its tuned query encoder): recall@1/3/5/10 and MRR@10 of dense, bm25 and hybrid, each without
+            and with reranking the top retrieval.rerank_candidates (20); the p50/p95 latency of retrieval per mode
+            without and with reranking and of the cross-encoder alone on 20 candidates (its backend: ONNX on CPU),
+            interleaved question by question in the same run; and relevance-based abstention (the reranker card's
+            calibrated cut): answered validation questions, declined off-topic ones (all, and the half its
+            calibration was not fitted on), next to the cosine cut the run would use without a reranker.
+            Targets (issue #16): reranked recall@1 >= 0.80, recall@3 >= 0.93, MRR@10 >= 0.85; <= 40 ms p50 added.
   stores    (with --store) the same index in each vector store (the others built from the first one's vectors,
             nothing embedded again): recall@10 and MRR@10 per mode, top-10 agreement with the first store, and
             p50/p95 query latency, the stores interleaved query by query. Needs no shared data on the starter
@@ -193,6 +204,95 @@ def compare_stores(path: Path, stores: list[str], store_url: str | None, embedde
     return out
 
 
+def validation_rows(config: str) -> list[dict]:
+    """The validation questions (with gold ids) of a recipe's train/validation split, as load_gold_rows gives."""
+    from ragqa.config import load_config
+    from ragqa.qa import load_train_qa, split_rows
+
+    t = load_config(config, []).train
+    rows, _ = load_train_qa(t.data)
+    _, val_rows = split_rows(rows, t.val_fraction, t.seed, by=t.split_by)
+    return [{"id": r.id, "question": r.question, "gold_passage_ids": r.gold_ids} for r in val_rows if r.gold_ids]
+
+
+def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
+    """The rerank part (module docstring): quality, interleaved latency, relevance-based abstention."""
+    from ragqa import abstain
+    from ragqa.abstain import off_topic_questions
+    from ragqa.config import load_config
+    from ragqa.evaluate.retrieval import evaluate_retrieval
+    from ragqa.passage import SEARCH_MODES
+    from ragqa.rerank.calibrate import best_logits, off_topic_halves
+    from ragqa.retrieve import Retriever
+
+    cfg = load_config(config, [f"index.name={index}"])
+    retriever = Retriever.from_config(cfg)
+    reranker = retriever.reranker(name)
+    rows = validation_rows(config)
+    n = retriever.rerank_candidates
+    out: dict = {"config": config, "reranker": name, "backend": reranker.backend, "candidates": n,
+                 "first_stage_temperature": reranker.first_stage_temperature,
+                 "query_encoder_weights": cfg.retrieval.query_encoder_weights, "questions": len(rows),
+                 "split": {"by": cfg.train.split_by, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed}}
+    quality: dict = {}
+    for mode in SEARCH_MODES:
+        for rerank in (None, name):
+            quality.update(evaluate_retrieval(retriever, rows, modes=(mode,), ks=(1, 3, 5, 10), rerank=rerank,
+                                              progress=False))
+    out["quality"] = quality
+
+    questions = [r["question"] for r in rows][:queries]
+    for q in questions[:20]:  # warm up: ONNX sessions, BM25 and FAISS caches
+        for mode in SEARCH_MODES:
+            retriever.retrieve(q, k=10, mode=mode)
+            retriever.retrieve(q, k=10, mode=mode, rerank=name)
+    times: dict = {key: [] for key in (*SEARCH_MODES, *(f"{m}+rerank" for m in SEARCH_MODES), "rerank_alone")}
+    for q in questions:
+        for mode in SEARCH_MODES:
+            start = time.perf_counter()
+            retriever.retrieve(q, k=10, mode=mode)
+            times[mode].append((time.perf_counter() - start) * 1000)
+            start = time.perf_counter()
+            retriever.retrieve(q, k=10, mode=mode, rerank=name)
+            times[f"{mode}+rerank"].append((time.perf_counter() - start) * 1000)
+        candidates = retriever.retrieve(q, k=n, mode=cfg.retrieval.mode if cfg.retrieval.mode != "none" else "dense")
+        start = time.perf_counter()
+        reranker.rank_logits(q, candidates)
+        times["rerank_alone"].append((time.perf_counter() - start) * 1000)
+    latency = {key: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
+               for key, t in times.items()}
+    latency["rerank_added_p50_ms"] = {mode: round(latency[f"{mode}+rerank"]["p50_ms"] - latency[mode]["p50_ms"], 2)
+                                      for mode in SEARCH_MODES}
+    latency["rerank_added_target_p50_ms"] = 40
+    latency["threads"] = {"onnxruntime": os.cpu_count(), "torch": __import__("torch").get_num_threads()}
+    out["latency"] = latency
+
+    calibration = reranker.abstention
+    mode = cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
+    cosine_cut = abstain.threshold(cfg.retrieval.abstain_below, retriever.manifest, retriever.query_card)
+    validation_cosines = np.array(best_cosines(retriever, [r["question"] for r in rows]))
+    off_topic_cosines = np.array(best_cosines(retriever, list(off_topic_questions())))
+    cosine = {"threshold": cosine_cut,
+              "answered_validation": round(float(np.mean(validation_cosines >= cosine_cut)), 4),
+              "declined_off_topic": round(float(np.mean(off_topic_cosines < cosine_cut)), 4)}
+    out["abstention"] = {"cosine_cut (without a reranker)": cosine, "relevance": None}
+    if calibration is not None:
+        def answered(questions) -> np.ndarray:
+            logits = best_logits(retriever, reranker, questions, mode, n)
+            return abstain.relevance(calibration, np.array(logits)) >= calibration["threshold"]
+
+        fitted, held = off_topic_halves(cfg.rerank.seed)
+        in_domain, off_fitted, off_held = (answered([r["question"] for r in rows]), answered(fitted), answered(held))
+        out["abstention"]["relevance"] = {
+            "threshold": calibration["threshold"], "scale": calibration["scale"], "bias": calibration["bias"],
+            "answered_validation": round(float(np.mean(in_domain)), 4),
+            "declined_off_topic_all": round(1 - float(np.mean(np.concatenate([off_fitted, off_held]))), 4),
+            "declined_off_topic_fitted_half (in-sample)": round(1 - float(np.mean(off_fitted)), 4),
+            "declined_off_topic_held_out_half": round(1 - float(np.mean(off_held)), 4),
+            "n_off_topic": len(fitted) + len(held), "calibrated_on": calibration.get("in_domain")}
+    return out
+
+
 def best_cosines(retriever, questions: list[str]) -> list[float]:
     return [max(p.scores["dense"] for p in retriever.retrieve(q, k=1, mode="dense")) for q in questions]
 
@@ -218,19 +318,24 @@ def threshold(in_domain: list[float], off_topic: list[float], manifest: dict) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", default=None, help="MedQuAD index dir (default: a temp dir, built once)")
+    parser.add_argument("--index", default=None, help="MedQuAD index dir, built if missing (default: a temp dir)")
     parser.add_argument("--corpus", default=str(SHARED / "medquad-passages.jsonl"))
     parser.add_argument("--qa", default=str(SHARED / "medquad-derm-qa.jsonl"))
     parser.add_argument("--limit-qa", type=int, help="use only the first N Q&A rows for quality")
     parser.add_argument("--queries", type=int, default=200, help="questions timed per mode")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors for flat vs HNSW")
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
+    parser.add_argument("--config", help="recipe for the rerank part: its retriever (tuned query encoder) and the "
+                                         "validation questions of its train/validation split")
+    parser.add_argument("--rerank", help="a trained reranker (name or folder): adds the rerank part (needs --config)")
     parser.add_argument("--store", nargs="*", default=[], choices=["faiss", "qdrant"],
                         help="compare these vector stores on the --index (the first is the reference)")
     parser.add_argument("--store-url", help="a Qdrant server for --store qdrant (default: Qdrant local mode)")
     parser.add_argument("--abstain-on", nargs="*", default=["medquad", "starter"], choices=["medquad", "starter"],
                         help="indexes of the abstain part (starter alone needs no MedQuAD index)")
     args = parser.parse_args()
+    if args.rerank and not args.config:
+        parser.error("--rerank needs --config (the recipe whose validation questions and retriever it uses)")
 
     from ragqa.abstain import off_topic_questions
     from ragqa.evaluate.retrieval import evaluate_retrieval, format_table, load_gold_rows
@@ -241,13 +346,16 @@ def main() -> None:
     if "faiss" not in args.skip:
         result["faiss"] = faiss_bench(args.n)
     needs_medquad = {"latency", "quality"} - set(args.skip) or ("abstain" not in args.skip
-                                                                  and "medquad" in args.abstain_on) or args.store
+                                                                  and "medquad" in args.abstain_on) or args.store \
+        or args.rerank
     if needs_medquad or ("abstain" not in args.skip and "starter" in args.abstain_on):
         embedder = load_embedder("minilm", "auto")
         with tempfile.TemporaryDirectory(prefix="ragqa-bench-retrieval-") as tmp:
             if needs_medquad:
                 path = Path(args.index) if args.index else Path(tmp) / "medquad"
-                retriever = Retriever.load(ensure_index(str(path), args.corpus, embedder), embedder_model=embedder)
+                # An existing index is used as it is (it may be shared with other runs: never re-ingested here).
+                built = path if (path / "manifest.json").is_file() else ensure_index(str(path), args.corpus, embedder)
+                retriever = Retriever.load(built, embedder_model=embedder)
                 result["index"] = {"path": str(path), "chunks": len(retriever),
                                    "documents": retriever.manifest["counts"]["documents"]}
                 rows = load_gold_rows(args.qa, args.limit_qa)
@@ -257,6 +365,8 @@ def main() -> None:
                 if "quality" not in args.skip:
                     result["quality"] = evaluate_retrieval(retriever, rows)
                     print(format_table(result["quality"]), file=sys.stderr)
+                if args.rerank:
+                    result["rerank"] = rerank_bench(args.config, path, args.rerank, args.queries)
                 if args.store:
                     result["stores"] = compare_stores(path, args.store, args.store_url, embedder, rows, args.queries)
                 if "abstain" not in args.skip and "medquad" in args.abstain_on:

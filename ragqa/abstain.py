@@ -7,6 +7,11 @@ calibrates it for the index it builds: questions made from the index's own docum
 for in-domain questions, a shipped list of off-topic questions for the rest, and the cut that best separates the
 two (balanced accuracy) is stored in the manifest with the rates it gives. `retrieval.abstain_below: auto` (the
 default) uses it; a number overrides it.
+
+With a reranker (retrieval.rerank) whose card holds a relevance calibration (`calibrate_relevance`, made by
+`ragqa rerank train` and `ragqa rerank calibrate`), `auto` decides on relevance instead of the cosine: the
+reranker's score of the best passage, mapped to a calibrated P(in-domain) by Platt scaling, against the cut that
+best separates in-domain training questions from the shipped off-topic ones (`relevance`).
 """
 
 from __future__ import annotations
@@ -87,6 +92,54 @@ def calibrate(embed: Callable[[list[str]], np.ndarray], vectors: np.ndarray, tit
             "n_in_domain": len(inside), "n_off_topic": len(outside), "balanced_threshold": split["threshold"],
             "score": "best dense cosine", "in_domain": "'What is TITLE?' for the index's document titles",
             "off_topic": OFF_TOPIC_FILE.name}
+
+
+def fit_platt(in_domain: Sequence[float], off_topic: Sequence[float], steps: int = 50) -> tuple[float, float]:
+    """(scale, bias) of Platt scaling, P(in-domain | score) = sigmoid(scale * score + bias): the logistic
+    regression of in-domain (1) vs off-topic (0) on the score, both sets weighted equally, with Platt's smoothed
+    targets (1 - 1/(n+2) and 1/(n+2)) so that separable sets give a finite fit. Newton's method on the
+    standardized score; deterministic."""
+    inside, outside = np.asarray(in_domain, dtype=float), np.asarray(off_topic, dtype=float)
+    if not len(inside) or not len(outside):
+        raise ValueError("Platt scaling needs in-domain and off-topic scores")
+    x = np.concatenate([inside, outside])
+    mean, spread = float(x.mean()), float(x.std()) or 1.0
+    z = (x - mean) / spread
+    target = np.concatenate([np.full(len(inside), (len(inside) + 1) / (len(inside) + 2)),
+                             np.full(len(outside), 1 / (len(outside) + 2))])
+    weight = np.concatenate([np.full(len(inside), 0.5 / len(inside)), np.full(len(outside), 0.5 / len(outside))])
+    design = np.stack([z, np.ones_like(z)], axis=1)
+    theta = np.zeros(2)
+    for _ in range(steps):
+        p = 1.0 / (1.0 + np.exp(-(design @ theta)))
+        gradient = design.T @ (weight * (p - target))
+        hessian = (design * (weight * p * (1 - p))[:, None]).T @ design + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    scale = theta[0] / spread
+    return float(scale), float(theta[1] - scale * mean)
+
+
+def relevance(calibration: dict[str, Any], score: float | np.ndarray) -> float | np.ndarray:
+    """The calibrated P(in-domain) of a reranker score (a relevance calibration's Platt scale and bias)."""
+    return 1.0 / (1.0 + np.exp(-(calibration["scale"] * np.asarray(score, dtype=float) + calibration["bias"])))
+
+
+def calibrate_relevance(in_domain: Sequence[float], off_topic: Sequence[float],
+                        held_out_off_topic: Sequence[float] = ()) -> dict[str, Any]:
+    """A reranker's relevance calibration from its best-passage scores of in-domain and off-topic questions:
+    Platt scaling to a probability (fit_platt), then the probability cut that best separates the two sets
+    (best_split), with its rates, and the share of `held_out_off_topic` questions (not fitted on) it declines."""
+    scale, bias = fit_platt(in_domain, off_topic)
+    fitted = {"scale": round(scale, 6), "bias": round(bias, 6)}
+    split = best_split(relevance(fitted, in_domain), relevance(fitted, off_topic))
+    out = {**fitted, **split}
+    if len(held_out_off_topic):
+        declined = relevance(fitted, held_out_off_topic) < split["threshold"]
+        out["held_out_off_topic"] = {"n": len(held_out_off_topic), "declined": round(float(np.mean(declined)), 4)}
+    return out
 
 
 def threshold(setting: float | str, manifest: dict[str, Any], query_encoder_card: dict[str, Any] | None = None,

@@ -8,6 +8,7 @@ pipeline abstains instead of letting the model improvise.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ ABSTAIN_TEXT = (
     "I could not find a grounded answer in the indexed sources, so I will not guess. "
     "The nearest sources are listed below."
 )
+log = logging.getLogger(__name__)
+
 CLOSED_BOOK_NOTE = "Answered from the model alone, without retrieved sources."
 
 
@@ -183,6 +186,7 @@ class Pipeline:
             self.engine = OpenVINOEngine(cfg, self.model, self.tokenizer, base_sha, self.adapter)
         self._retriever = None
         self._checker = None
+        self._warned_uncalibrated: set[str] = set()
         self._unreported_load_s = time.perf_counter() - start
         """Load time not yet attributed to an answer's timings (reported once, by the next answer)."""
 
@@ -259,12 +263,31 @@ class Pipeline:
         return self.retriever.retrieve(question, k=k, mode=mode, rerank=self.cfg.retrieval.rerank)
 
     def should_abstain(self, passages: list[Passage]) -> bool:
-        """No passage, or the best dense cosine similarity below the calibrated threshold."""
+        """No passage; or, reranking with a relevance-calibrated reranker and abstain_below auto, its calibrated
+        probability of the best passage below its cut (ragqa.rerank.calibrate); or else the best dense cosine
+        similarity below the calibrated cosine threshold (ragqa.abstain)."""
         if not passages:
             return True
+        calibration = self.relevance_calibration()
+        if calibration is not None:
+            best_logit = max(p.scores.get("rerank_logit", float("-inf")) for p in passages)
+            return float(abstain.relevance(calibration, best_logit)) < calibration["threshold"]
         best = max(p.scores.get("dense", p.score) for p in passages)
         return best < abstain.threshold(self.cfg.retrieval.abstain_below, self.retriever.manifest,
                                        self.retriever.query_card)
+
+    def relevance_calibration(self) -> dict | None:
+        """The reranker's relevance calibration when it decides abstention (retrieval.rerank set, abstain_below
+        auto), else None; a reranker without one falls back to the cosine cut, with a warning once."""
+        name = self.cfg.retrieval.rerank
+        if not name or self.cfg.retrieval.abstain_below != "auto":
+            return None
+        reranker = self.retriever.reranker(name)
+        if reranker.abstention is None and name not in self._warned_uncalibrated:
+            self._warned_uncalibrated.add(name)
+            log.warning("reranker %s has no relevance calibration (`ragqa rerank calibrate --config RECIPE`); "
+                        "abstention uses the dense cosine cut", name)
+        return reranker.abstention
 
     def prompt_for(self, question: str, passages: list[Passage], mode: str) -> str:
         """The exact prompt text generation starts from (passages trimmed to the context budget)."""

@@ -442,7 +442,7 @@ def judge_score_cmd(config_path, overrides, premises, hypothesis, judge_name) ->
 
 @cli.group("rerank")
 def rerank_group() -> None:
-    """Train the cross-encoder reranker (retrieval.rerank=default) on the index's hard negatives."""
+    """Train the cross-encoder reranker (retrieval.rerank=default) and calibrate its relevance abstention."""
 
 
 @rerank_group.command("train")
@@ -472,6 +472,28 @@ def rerank_train_cmd(config_path, overrides, data, index_name, output, base, neg
     from ragqa.rerank.train import train_reranker
 
     train_reranker(cfg)
+
+
+@rerank_group.command("calibrate")
+@_config_options
+@click.option("--reranker", "name", default="default", show_default=True,
+              help="Trained reranker to calibrate: a name from `ragqa models` or its folder.")
+@click.option("--data", multiple=True, help="Q&A file(s) it was trained on (default: train.data); the split must be "
+                                            "the one in its card.")
+@click.option("--index", "index_name", help="Index whose first stage gives the candidates (default index.name).")
+@click.option("--questions", type=int, help="In-domain training questions to calibrate on "
+                                            "(rerank.calibration_questions).")
+@click.option("--seed", type=int, help="Random seed (question sample, off-topic halves).")
+@click.option("--device", help="auto, cpu, cuda, cuda:N.")
+def rerank_calibrate_cmd(config_path, overrides, name, data, index_name, questions, seed, device) -> None:
+    """Calibrate relevance-based abstention for a trained reranker, without retraining it (written to its card)."""
+    cfg = _build_config(config_path, overrides, {
+        "train.data": list(data) if data else None, "index.name": index_name,
+        "rerank.calibration_questions": questions, "rerank.seed": seed, "model.device": device,
+    })
+    from ragqa.rerank.calibrate import calibrate_reranker
+
+    calibrate_reranker(cfg, name)
 
 
 @cli.group("query-encoder")

@@ -123,9 +123,11 @@ class RetrievalConfig(_Section):
     rrf_k: int = Field(60, gt=0)
     """The constant of reciprocal rank fusion: score = sum 1 / (rrf_k + rank)."""
     abstain_below: float | Literal["auto"] = "auto"
-    """Abstain when the best dense cosine similarity (in [-1, 1]) is below this; -1 never abstains. `auto`: the
-    threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py), or with a tuned
-    query encoder the one calibrated with it (in its card); 0.30 for an index without one."""
+    """Abstain when the best dense cosine similarity (in [-1, 1]) is below this; -1 never abstains. `auto`: with
+    `rerank` set to a reranker calibrated for it (`ragqa rerank calibrate`, or trained since), abstain when its
+    calibrated probability of the best passage is below the cut in its card (relevance-based, on any index);
+    otherwise the cosine threshold `ragqa ingest` calibrated for the index (in the manifest; see ragqa/abstain.py),
+    or with a tuned query encoder the one calibrated with it (in its card); 0.30 for an index without one."""
 
     @field_validator("abstain_below", mode="before")
     @classmethod
@@ -329,6 +331,13 @@ class RerankConfig(_Section):
     eval_questions: int = Field(200, ge=0)
     """Validation questions scored for the card (first-stage vs reranked recall@1, @3, @5 and MRR@10 over the top
     retrieval.rerank_candidates); 0 skips it."""
+    dev_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the training questions (split as train.split_by) held out of training as dev questions: the
+    first_stage_temperature is then fitted on them (the best reranked MRR@10 among 0.02-0.1, in the card) and the
+    abstention calibrated on them. 0: no dev questions, first_stage_temperature as given."""
+    calibration_questions: int = Field(300, ge=0)
+    """In-domain (training-split) questions the relevance abstention is calibrated on, against half the shipped
+    off-topic questions (ragqa.rerank.calibrate; stored in the card's `abstention`); 0 skips it."""
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, gt=0)
     """If set, overrides epochs."""

@@ -215,15 +215,17 @@ class Retriever:
         return [(row, fused[row]["rrf"], fused[row]) for row in order]
 
     def _rerank(self, name: str, query: str, passages: list[Passage]) -> list[Passage]:
-        """Rescore the first-stage candidates with the cross-encoder (Reranker.rank_scores: title line + text, on
-        top of the dense cosine for a reranker trained so), one batch; ties keep first-stage order."""
+        """Rescore the first-stage candidates with the cross-encoder (Reranker.rank_logits: title line + text, on
+        top of the dense cosine for a reranker trained so), one batch; ties keep first-stage order. Sets
+        scores['rerank'] (the sigmoid, also the passage's score) and scores['rerank_logit'] (what relevance-based
+        abstention reads)."""
         if not passages:
             return passages
-        scores = self.reranker(name).rank_scores(query, passages)
-        for p, s in zip(passages, scores, strict=True):
-            p.scores["rerank"] = float(s)
-            p.score = float(s)
-        return sorted(passages, key=lambda p: -p.score)
+        logits = self.reranker(name).rank_logits(query, passages)
+        for p, logit in zip(passages, logits, strict=True):
+            p.scores["rerank_logit"] = float(logit)
+            p.scores["rerank"] = p.score = float(1.0 / (1.0 + np.exp(-logit)))
+        return sorted(passages, key=lambda p: -p.scores["rerank_logit"])
 
     def reranker(self, name: str):
         """The cross-encoder `name` (ragqa.rerank.load_reranker), loaded once per retriever."""

@@ -29,6 +29,26 @@ def test_best_split_separates_a_toy_in_domain_set_from_an_off_topic_set():
     assert overlapping["answered_in_domain"] == 0.75 and overlapping["declined_off_topic"] == 1.0
 
 
+def test_relevance_calibration_separates_a_toy_in_domain_set_from_an_off_topic_set():
+    """Platt scaling maps reranker scores to P(in-domain) (finite on separable sets, increasing), and the cut on
+    it answers every in-domain score and declines every off-topic one, held-out ones included."""
+    in_domain, off_topic = [3.1, 4.0, 5.2, 2.5, 6.0], [-2.0, -1.0, 0.5, 1.0]
+    scale, bias = abstain.fit_platt(in_domain, off_topic)
+    assert 0 < scale < 50 and np.isfinite(bias)
+    calibration = abstain.calibrate_relevance(in_domain, off_topic, held_out_off_topic=[-0.5, 0.0, 7.0])
+    assert calibration["scale"] == pytest.approx(scale, abs=1e-5)
+    probability = abstain.relevance(calibration, np.array(in_domain + off_topic))
+    assert np.all((probability > 0) & (probability < 1)) and np.all(np.diff(abstain.relevance(
+        calibration, np.arange(-3.0, 7.0))) > 0)
+    cut = calibration["threshold"]
+    assert abstain.relevance(calibration, 1.0) < cut <= abstain.relevance(calibration, 2.5)
+    assert calibration["answered_in_domain"] == 1.0 and calibration["declined_off_topic"] == 1.0
+    assert calibration["held_out_off_topic"] == {"n": 3, "declined": round(2 / 3, 4)}  # 7.0 is in-domain-like
+    assert (calibration["n_in_domain"], calibration["n_off_topic"]) == (5, 4)
+    with pytest.raises(ValueError):
+        abstain.fit_platt([], off_topic)
+
+
 def test_threshold_in_force():
     calibrated = {"abstention": {"threshold": 0.47}}
     assert abstain.threshold("auto", calibrated) == 0.47

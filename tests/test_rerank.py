@@ -191,6 +191,79 @@ def test_a_first_stage_temperature_ranks_by_the_logit_plus_the_dense_cosine(trai
         load_reranker(str(residual), "cpu", "torch")
 
 
+def test_rerank_calibrate_refuses_folders_it_cannot_calibrate(tmp_path):
+    """Only a ragqa reranker trained on the config's own split is calibrated: another split's training questions
+    could be its validation ones."""
+    folder = tmp_path / "other-split"
+    folder.mkdir()
+    (folder / "reranker.json").write_text(json.dumps({"kind": "reranker", "data": {"split": {"val_ids": ["x"]}}}))
+    res = run_cli("rerank", "calibrate", "--reranker", str(folder), "--data", "corpora/starter/qa.jsonl")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "another train/validation split" in res.stderr
+    (folder / "reranker.json").unlink()
+    res = run_cli("rerank", "calibrate", "--reranker", str(folder), "--data", "corpora/starter/qa.jsonl")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not a ragqa-trained reranker" in res.stderr
+
+
+@pytest.mark.slow
+def test_calibration_separates_in_domain_from_off_topic_and_decides_abstention(trained, index, tmp_path, caplog):
+    """`ragqa rerank calibrate` fits the relevance cut on training questions vs half the off-topic set; with
+    retrieval.rerank and abstain_below auto the pipeline abstains on the calibrated probability of the best passage:
+    validation questions are answered and the held-out off-topic half declined. Without a calibration, or with a
+    number for abstain_below, the cosine cut decides."""
+    from ragqa import abstain
+    from ragqa.answer import Pipeline
+    from ragqa.rerank.calibrate import off_topic_halves
+    from ragqa.train.data import load_qa, split_rows
+
+    card = json.loads((trained / "reranker.json").read_text())
+    assert card["abstention"]["n_in_domain"] == QUESTIONS  # rerank train calibrates on the questions it trained on
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(trained, calibrated)
+    # as trained by default: ranked by the logit + the dense cosine / 0.05
+    (calibrated / "reranker.json").write_text(json.dumps({**card, "first_stage_temperature": 0.05, "abstention": None}))
+    sets = [x for o in OVERRIDES for x in ("--set", o)]
+    res = run_cli("rerank", "calibrate", "--reranker", str(calibrated), "--index", str(index), "--questions", "40",
+                  *sets)
+    assert res.returncode == 0, res.stderr
+    calibration = json.loads((calibrated / "reranker.json").read_text())["abstention"]
+    rows, _ = load_qa(["corpora/starter/qa.jsonl"])
+    train_rows, val_rows = split_rows(rows, 0.3, 0, by="auto")
+    assert calibration["n_in_domain"] == 40 and set(calibration["in_domain_ids"]) <= {r.id for r in train_rows}
+    assert calibration["n_off_topic"] == 60 and calibration["held_out_off_topic"]["n"] == 60
+    assert 0 < calibration["threshold"] < 1 and calibration["scale"] > 0
+    assert calibration["answered_in_domain"] >= 0.9 and calibration["declined_off_topic"] >= 0.9, calibration
+    assert calibration["held_out_off_topic"]["declined"] >= 0.9, calibration
+
+    cfg = load_config(None, [f"index.name={index}", f"retrieval.rerank={calibrated}", "retrieval.rerank_candidates=5",
+                             "retrieval.rerank_backend=torch", "model.device=cpu"])
+    pipeline = Pipeline(cfg)
+    assert pipeline.relevance_calibration() == calibration
+
+    def answered(questions) -> float:
+        decisions = []
+        for q in questions:
+            passages = pipeline.retrieve(q, "hybrid", 3)
+            best = max(p.scores["rerank_logit"] for p in passages)
+            decline = pipeline.should_abstain(passages)
+            assert decline == (abstain.relevance(calibration, best) < calibration["threshold"])
+            decisions.append(not decline)
+        return float(np.mean(decisions))
+
+    assert answered([r.question for r in val_rows]) >= 0.85
+    assert answered(off_topic_halves(SEED)[1]) <= 0.1
+    pipeline.cfg = load_config(None, [f"index.name={index}", f"retrieval.rerank={calibrated}",
+                                      "retrieval.abstain_below=0.3"])
+    assert pipeline.relevance_calibration() is None  # a number is a cosine cut
+    older = tmp_path / "older"  # trained before calibration existed
+    shutil.copytree(trained, older)
+    (older / "reranker.json").write_text(json.dumps({k: v for k, v in card.items() if k != "abstention"}))
+    pipeline.cfg = load_config(None, [f"index.name={index}", f"retrieval.rerank={older}"])
+    with caplog.at_level("WARNING"):
+        assert pipeline.relevance_calibration() is None and pipeline.relevance_calibration() is None
+    assert caplog.text.count("has no relevance calibration") == 1
+
+
 def test_softmax_loss_is_the_gold_passages_cross_entropy_and_learns_the_gold_first():
     """The listwise loss: the cross-entropy of the gold passage in a softmax over each question's list."""
     import torch

@@ -11,7 +11,7 @@ answer_relevance metric uses them as P(relevant). A passage is read as its title
 the embedder reads it at ingest.
 
 A ragqa reranker whose card has a `first_stage_temperature` T (ragqa.rerank.train) ranks candidates by its logit
-+ their dense cosine / T (`Reranker.rank_scores`): the cross-encoder's reading and the first stage's, summed.
++ their dense cosine / T (`Reranker.rank_logits`): the cross-encoder's reading and the first stage's, summed.
 """
 
 from __future__ import annotations
@@ -52,14 +52,17 @@ def passage_text(passage) -> str:
 class Reranker:
     """A one-logit cross-encoder; `scores` runs it through ONNX Runtime (`backend == 'onnx'`) or torch.
 
-    first_stage_temperature: None, or T to rank candidates by logit + dense cosine / T (`rank_scores`)."""
+    first_stage_temperature: None, or T to rank candidates by logit + dense cosine / T (`rank_logits`).
+    abstention: None, or the card's relevance calibration (ragqa.abstain.calibrate_relevance) of the best
+    passage's rank logit."""
 
     def __init__(self, model, name: str, backend: str = "auto", batch_size: int = BATCH,
-                 first_stage_temperature: float | None = None):
+                 first_stage_temperature: float | None = None, abstention: dict | None = None):
         self.model = model
         self.name = name
         self.batch_size = batch_size
         self.first_stage_temperature = first_stage_temperature
+        self.abstention = abstention
         self.session = None
         self.inputs: tuple[str, ...] = ()
         self.backend = "torch"
@@ -134,17 +137,20 @@ class Reranker:
         """P(relevant) in [0, 1] for each (question, text) pair, as float32."""
         return _sigmoid(self.logits(pairs))
 
-    def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
-        """The score to rank first-stage candidates (ragqa Passages) by, float64: the sigmoid of the logit of the
+    def rank_logits(self, query: str, passages: Sequence) -> np.ndarray:
+        """The logit to rank first-stage candidates (ragqa Passages) by, float64: the cross-encoder's logit of the
         passage read as `passage_text`, plus, with a first_stage_temperature T, the passage's dense cosine / T
-        (Passage.scores['dense'], which the Retriever sets on every candidate). Float64, so that combined scores
-        near 1 keep their order."""
+        (Passage.scores['dense'], which the Retriever sets on every candidate). The best one is what relevance-based
+        abstention scores (ragqa.abstain.relevance)."""
         pairs = [(query, passage_text(p)) for p in passages]
         logits = self.logits(pairs).astype(np.float64)
         if self.first_stage_temperature is not None:
             logits = logits + np.array([p.scores.get("dense", 0.0) for p in passages]) / self.first_stage_temperature
-        return 1.0 / (1.0 + np.exp(-logits))
+        return logits
 
+    def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
+        """The sigmoid of rank_logits, float64 (so that combined scores near 1 keep their order)."""
+        return 1.0 / (1.0 + np.exp(-self.rank_logits(query, passages)))
 
 def reranker_location(name: str) -> tuple[str, str]:
     """(where to load from, display name) for a trained reranker name, a folder or a hub id."""
@@ -187,23 +193,39 @@ def load_reranker(name: str, device: str = "cpu", backend: str = "auto") -> Rera
     if model.num_labels != 1:
         raise RagqaError(f"reranker '{name}' has {model.num_labels} output labels; a reranker has one relevance "
                          "logit (an NLI judge is not a reranker)")
-    return Reranker(model, shown, backend, first_stage_temperature=_first_stage_temperature(location))
+    temperature, abstention = _card_settings(location)
+    return Reranker(model, shown, backend, first_stage_temperature=temperature, abstention=abstention)
 
 
-def _first_stage_temperature(location: str) -> float | None:
-    """The card's first_stage_temperature of a ragqa reranker folder (None for others and older cards)."""
+def read_card(folder: str | Path) -> dict | None:
+    """The reranker.json card of a ragqa reranker folder as a dict (None for other folders and hub ids)."""
     import json
 
-    card = Path(location) / CARD
+    card = Path(folder) / CARD
     if not card.is_file():
         return None
     try:
-        value = json.loads(card.read_text(encoding="utf-8")).get("first_stage_temperature")
-    except (OSError, ValueError, AttributeError) as exc:
+        value = json.loads(card.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise RagqaError(f"reranker card {card} is unreadable ({first_line(exc)}); retrain it with "
                          f"`{TRAIN_COMMAND}`") from None
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-        raise RagqaError(f"reranker card {card}: first_stage_temperature {value!r} is not a positive number")
-    return float(value)
+    if not isinstance(value, dict):
+        raise RagqaError(f"reranker card {card} is not a JSON object; retrain it with `{TRAIN_COMMAND}`")
+    return value
+
+
+def _card_settings(location: str) -> tuple[float | None, dict | None]:
+    """The card's first_stage_temperature and relevance calibration (`abstention`) of a ragqa reranker folder
+    (None for others and for older cards)."""
+    card = read_card(location) or {}
+    where = Path(location) / CARD
+    value = card.get("first_stage_temperature")
+    if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        raise RagqaError(f"reranker card {where}: first_stage_temperature {value!r} is not a positive number")
+    abstention = card.get("abstention")
+    if abstention is not None and not (isinstance(abstention, dict) and all(
+            isinstance(abstention.get(key), int | float) and not isinstance(abstention.get(key), bool)
+            for key in ("scale", "bias", "threshold"))):
+        raise RagqaError(f"reranker card {where}: abstention has no numeric scale, bias and threshold; recalibrate "
+                         "it with `ragqa rerank calibrate`")
+    return (None if value is None else float(value)), abstention

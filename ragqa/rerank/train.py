@@ -10,14 +10,15 @@ The fresh one-logit head (`classifier`) learns at rerank.head_lr, the encoder at
 random head hardly moves in the few hundred steps a CPU run has, and nothing is learned.
 
 The cross-encoder is trained alone. With rerank.first_stage_temperature T (stored in the card), inference ranks the
-first stage's candidates by its logit + the passage's dense cosine / T (ragqa.rerank.model.Reranker.rank_scores):
+first stage's candidates by its logit + the passage's dense cosine / T (ragqa.rerank.model.Reranker.rank_logits):
 two log-odds-like scores of two different readers, summed. The card's validation metrics give the first stage,
 the reranked ranking, and the cross-encoder alone.
 
 The questions and their train/validation split are the train section's (train.data, split_by, val_fraction,
 seed: the RAFT recipe's document-disjoint split), so the reranker never sees a validation question. The result is
 a folder with safetensors weights and a `reranker.json` card (data hashes, split, pair counts, recipe,
-first-stage vs reranked validation metrics), written atomically.
+first-stage vs reranked validation metrics, the relevance abstention calibration of ragqa.rerank.calibrate),
+written atomically.
 """
 
 from __future__ import annotations
@@ -36,6 +37,45 @@ from ragqa.files import atomic_dir, check_writable_dir
 from ragqa.rerank.registry import CARD
 
 
+TEMPERATURES = (0.02, 0.03, 0.04, 0.05, 0.07, 0.1)
+"""The first_stage_temperature candidates fitted on the dev questions (rerank.dev_fraction > 0)."""
+
+
+def ranked(passages, scores) -> list[str]:
+    """Doc ids by descending score; stable: ties keep the first-stage order, as Retriever._rerank does."""
+    return [passages[i].doc_id for i in sorted(range(len(passages)), key=lambda i: -float(scores[i]))]
+
+
+def fit_first_stage_temperature(retriever, reranker, rows: Sequence, mode: str, candidates: int,
+                                grid: Sequence[float] = TEMPERATURES) -> tuple[float, dict]:
+    """(T, metrics per T): the first_stage_temperature among `grid` whose ranking of the rows' first `candidates`
+    results (logit + dense cosine / T) has the best MRR@10, then recall@1 (ties: the larger T, nearer the cross-
+    encoder), scored on rows the cross-encoder was not trained on (the dev questions); one forward per question."""
+    import numpy as np
+
+    from ragqa.evaluate.retrieval import rank_metrics
+    from ragqa.rerank.model import passage_text
+
+    lists = []
+    for row in rows:
+        if not row.gold_ids:
+            continue
+        passages = retriever.retrieve(row.question, k=candidates, mode=mode)
+        if passages:
+            logits = reranker.logits([(row.question, passage_text(p)) for p in passages]).astype(np.float64)
+            lists.append((row, passages, logits, np.array([p.scores.get("dense", 0.0) for p in passages])))
+    if not lists:
+        raise RagqaError("rerank.dev_fraction: no dev question has a gold passage to fit first_stage_temperature on")
+    table: dict = {}
+    for temperature in grid:
+        totals: Counter = Counter()
+        for row, passages, logits, cosines in lists:
+            totals.update(rank_metrics(ranked(passages, logits + cosines / temperature), row.gold_ids, ks=(1, 3, 5)))
+        table[str(temperature)] = {"n": len(lists), **{k: round(v / len(lists), 4) for k, v in sorted(totals.items())}}
+    best = max(grid, key=lambda x: (table[str(x)]["mrr@10"], table[str(x)]["recall@1"], x))
+    return float(best), table
+
+
 def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reranker=None,
                     alone: dict | None = None) -> dict:
     """Mean recall@1, recall@3, recall@5 and MRR@10 of the gold documents in the first `candidates` results, as
@@ -52,10 +92,6 @@ def ranking_metrics(retriever, rows: Sequence, mode: str, candidates: int, reran
         return {}
     totals: Counter = Counter()
     totals_alone: Counter = Counter()
-
-    def ranked(passages, scores) -> list[str]:
-        # stable: ties keep the first-stage order, as Retriever._rerank does
-        return [passages[i].doc_id for i in sorted(range(len(passages)), key=lambda i: -float(scores[i]))]
 
     for row in scored:
         passages = retriever.retrieve(row.question, k=candidates, mode=mode)
@@ -153,7 +189,12 @@ def train_reranker(cfg, console=None) -> Path:
     rows, hashes = load_qa(t.data)
     train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed, by=t.split_by)
     split_by = t.split_by if t.split_by != "auto" else ("document" if all(row.group for row in rows) else "question")
-    used = list(train_rows)
+    dev_rows: list = []
+    if r.dev_fraction:  # held out of training, split as validation is: to fit T and calibrate abstention on
+        fit_rows, dev_rows = split_rows(train_rows, r.dev_fraction, r.seed, by=split_by)
+    else:
+        fit_rows = train_rows
+    used = list(fit_rows)
     if r.max_questions and r.max_questions < len(used):
         used = sorted(random.Random(r.seed).sample(used, r.max_questions), key=lambda row: row.id)
     mode = cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
@@ -213,11 +254,17 @@ def train_reranker(cfg, console=None) -> Path:
             result = trainer.train()
         model.eval()
         model.save(str(tmp), create_model_card=False, safe_serialization=True)
+        n = cfg.retrieval.rerank_candidates
+        dev: dict = {}
+        if dev_rows:
+            temperature, table = fit_first_stage_temperature(retriever, Reranker(model, target.name, "torch"),
+                                                             dev_rows, mode, n)
+            dev = {"fitted": "first_stage_temperature: the best MRR@10 of the reranked dev questions",
+                   "first_stage_temperature": temperature, "by_temperature": table}
         metrics = {}
         if r.eval_questions and val_rows:
             held = [row for row in val_rows if row.gold_ids]
             held = sorted(random.Random(r.seed).sample(held, min(r.eval_questions, len(held))), key=lambda x: x.id)
-            n = cfg.retrieval.rerank_candidates
             alone: dict = {}
             reranker = Reranker(model, target.name, "torch", first_stage_temperature=temperature)
             metrics = {"candidates": n, "mode": mode, "first_stage_temperature": temperature,
@@ -225,6 +272,15 @@ def train_reranker(cfg, console=None) -> Path:
                        "reranked": ranking_metrics(retriever, held, mode, n, reranker, alone=alone)}
             if alone:
                 metrics["cross_encoder_alone"] = alone
+        abstention = None
+        if r.calibration_questions:
+            from ragqa.rerank.calibrate import calibrate, in_domain_rows
+
+            scorer = Reranker(model, target.name, "torch", first_stage_temperature=temperature)
+            pool, described = ((dev_rows, "the dev questions (not trained on)") if dev_rows
+                               else (used, "training-split questions (trained on)"))
+            abstention = calibrate(retriever, scorer, in_domain_rows(pool, r.calibration_questions, r.seed), mode,
+                                   n, r.seed, described)
         card = {
             "name": target.name,
             "kind": "reranker",
@@ -240,10 +296,12 @@ def train_reranker(cfg, console=None) -> Path:
                 "split": {"by": split_by, "val_fraction": t.val_fraction, "seed": t.seed,
                           "train_questions": len(train_rows), "val_questions": len(val_rows),
                           "val_ids": sorted(row.id for row in val_rows)},
+                **({"dev_fraction": r.dev_fraction, "dev_ids": sorted(row.id for row in dev_rows)} if dev_rows else {}),
                 "questions": kinds["gold"], "skipped_questions": skipped,
                 "pairs": dict(kinds),
             },
-            "metrics": {"validation": metrics},
+            "metrics": {"validation": metrics, **({"dev": dev} if dev else {})},
+            "abstention": abstention,
             "train": {"steps": result.global_step, "loss": round(result.training_loss, 4),
                       "seconds": round(time.time() - t0, 1), "device": device, "threads": torch.get_num_threads()},
         }
@@ -256,4 +314,8 @@ def train_reranker(cfg, console=None) -> Path:
                       f"{metrics['candidates']}) {shown} ({card['train']['seconds']:.0f} s)")
     else:
         console.print(f"reranker saved to {target} ({card['train']['seconds']:.0f} s)")
+    if abstention is not None:
+        from ragqa.rerank.calibrate import summary
+
+        console.print(summary(abstention))
     return target
