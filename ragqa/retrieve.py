@@ -221,10 +221,12 @@ class Retriever:
         abstention reads)."""
         if not passages:
             return passages
+        from ragqa.rerank.model import sigmoid
+
         logits = self.reranker(name).rank_logits(query, passages)
-        for p, logit in zip(passages, logits, strict=True):
+        for p, logit, score in zip(passages, logits, sigmoid(logits), strict=True):
             p.scores["rerank_logit"] = float(logit)
-            p.scores["rerank"] = p.score = float(1.0 / (1.0 + np.exp(-logit)))
+            p.scores["rerank"] = p.score = float(score)
         return sorted(passages, key=lambda p: -p.scores["rerank_logit"])
 
     def reranker(self, name: str):

@@ -39,8 +39,13 @@ MAX_DIFF = 1e-4
 BATCH = 32
 
 
+def sigmoid(x) -> np.ndarray:
+    """The logistic function in float64, so that combined rank logits whose sigmoids are near 1 keep their order."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+    return sigmoid(x).astype(np.float32)
 
 
 def passage_text(passage) -> str:
@@ -150,7 +155,7 @@ class Reranker:
 
     def rank_scores(self, query: str, passages: Sequence) -> np.ndarray:
         """The sigmoid of rank_logits, float64 (so that combined scores near 1 keep their order)."""
-        return 1.0 / (1.0 + np.exp(-self.rank_logits(query, passages)))
+        return sigmoid(self.rank_logits(query, passages))
 
 def reranker_location(name: str) -> tuple[str, str]:
     """(where to load from, display name) for a trained reranker name, a folder or a hub id."""
