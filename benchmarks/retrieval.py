@@ -221,7 +221,7 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
     from ragqa.abstain import off_topic_questions
     from ragqa.config import load_config
     from ragqa.evaluate.retrieval import evaluate_retrieval
-    from ragqa.passage import SEARCH_MODES
+    from ragqa.passage import SEARCH_MODES, search_mode
     from ragqa.rerank.calibrate import best_logits, off_topic_halves
     from ragqa.retrieve import Retriever
 
@@ -230,6 +230,7 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
     reranker = retriever.reranker(name)
     rows = validation_rows(config)
     n = retriever.rerank_candidates
+    first_stage = search_mode(cfg.retrieval.mode)  # the reranker's, as in its training and calibration
     out: dict = {"config": config, "reranker": name, "backend": reranker.backend, "candidates": n,
                  "first_stage_temperature": reranker.first_stage_temperature,
                  "query_encoder_weights": cfg.retrieval.query_encoder_weights, "questions": len(rows),
@@ -255,7 +256,7 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
             start = time.perf_counter()
             retriever.retrieve(q, k=10, mode=mode, rerank=name)
             times[f"{mode}+rerank"].append((time.perf_counter() - start) * 1000)
-        candidates = retriever.retrieve(q, k=n, mode=cfg.retrieval.mode if cfg.retrieval.mode != "none" else "dense")
+        candidates = retriever.retrieve(q, k=n, mode=first_stage)
         start = time.perf_counter()
         reranker.rank_logits(q, candidates)
         times["rerank_alone"].append((time.perf_counter() - start) * 1000)
@@ -268,7 +269,6 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
     out["latency"] = latency
 
     calibration = reranker.abstention
-    mode = cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
     cosine_cut = abstain.threshold(cfg.retrieval.abstain_below, retriever.manifest, retriever.query_card)
     validation_cosines = np.array(best_cosines(retriever, [r["question"] for r in rows]))
     off_topic_cosines = np.array(best_cosines(retriever, list(off_topic_questions())))
@@ -278,7 +278,7 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
     out["abstention"] = {"cosine_cut (without a reranker)": cosine, "relevance": None}
     if calibration is not None:
         def answered(questions) -> np.ndarray:
-            logits = best_logits(retriever, reranker, questions, mode, n)
+            logits = best_logits(retriever, reranker, questions, first_stage, n)
             return abstain.relevance(calibration, np.array(logits)) >= calibration["threshold"]
 
         fitted, held = off_topic_halves(cfg.rerank.seed)

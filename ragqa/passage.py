@@ -14,6 +14,12 @@ RETRIEVAL_MODES = (*SEARCH_MODES, "none")
 """What a question may be answered with: a search mode, or none (the model alone, closed book)."""
 
 
+def search_mode(mode: str) -> str:
+    """The search mode of a retrieval mode, for work that needs passages whatever the setting (RAFT context, the
+    reranker's first stage, a matrix's rag rows): the mode itself, hybrid for none."""
+    return mode if mode != "none" else "hybrid"
+
+
 @dataclass
 class Passage:
     chunk_id: str

@@ -25,7 +25,7 @@ from ragqa.config import Config
 from ragqa.errors import RagqaError
 from ragqa.files import (atomic_dir, check_output_dir, make_dir, recover, sha256_file, write_error,
                          write_json_atomic)
-from ragqa.passage import SEARCH_MODES, Passage
+from ragqa.passage import SEARCH_MODES, Passage, search_mode
 from ragqa.qa import ALL_OR_NONE, MAX_QUESTION_CHARS, load_qa
 
 STARTER_QA = "corpora/starter/qa.jsonl"
@@ -50,7 +50,7 @@ class MatrixRow:
 
 def parse_configs(text: str, default_mode: str) -> list[MatrixRow]:
     """'base,lora,rag,rag+lora' (+ extra rows for each search mode: dense, bm25, hybrid, each optionally '+lora')."""
-    rag_mode = default_mode if default_mode != "none" else "hybrid"
+    rag_mode = search_mode(default_mode)
     out: list[MatrixRow] = []
     for raw in text.split(","):
         name = raw.strip().lower()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ragqa.errors import RagqaError
+from ragqa.passage import search_mode
 
 SCORE = ("calibrated P(in-domain) = sigmoid(scale * s + bias), s = the best candidate's rank logit "
          "(cross-encoder logit + dense cosine / first_stage_temperature)")
@@ -110,7 +111,7 @@ def calibrate_reranker(cfg, name: str, console=None) -> Path:
     if not r.calibration_questions:
         raise RagqaError("rerank.calibration_questions is 0: give --questions N (N > 0) to calibrate on")
     used = in_domain_rows(pool, r.calibration_questions, r.seed)
-    mode = cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
+    mode = search_mode(cfg.retrieval.mode)
     retriever = Retriever.from_config(cfg)
     reranker = load_reranker(str(folder), resolve_device(cfg.model.device), cfg.retrieval.rerank_backend)
     calibration = calibrate(retriever, reranker, used, mode, cfg.retrieval.rerank_candidates, r.seed, described)

@@ -34,6 +34,7 @@ from pathlib import Path
 from ragqa import __version__
 from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir, check_writable_dir
+from ragqa.passage import search_mode
 from ragqa.rerank.registry import CARD
 
 
@@ -197,7 +198,7 @@ def train_reranker(cfg, console=None) -> Path:
     used = list(fit_rows)
     if r.max_questions and r.max_questions < len(used):
         used = sorted(random.Random(r.seed).sample(used, r.max_questions), key=lambda row: row.id)
-    mode = cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
+    mode = search_mode(cfg.retrieval.mode)
     retriever = Retriever.from_config(cfg)
     pairs, skipped = mine_pairs(retriever, used, negatives=r.negatives, same_document=r.same_document_negatives,
                                 candidates=r.candidates, mode=mode, seed=r.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ragqa.errors import RagqaError
 from ragqa.files import sha256_file, write_json_atomic
-from ragqa.passage import Passage
+from ragqa.passage import Passage, search_mode
 from ragqa.qa import QARow, gold_passage, split_rows
 from ragqa.qa import gold_siblings as _siblings
 from ragqa.qa import load_train_qa as load_qa
@@ -162,7 +162,7 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
                   t.split_by, t.target_tokens, t.citations],
         "index": index_fingerprint(cfg.index.name) if t.context_k > 0 else None,
         "embedder": cfg.model.embedder if t.context_k > 0 else None,
-        "mode": _retrieval_mode(cfg) if t.context_k > 0 else None,
+        "mode": search_mode(cfg.retrieval.mode) if t.context_k > 0 else None,
         "fusion": [cfg.retrieval.rrf_k, cfg.retrieval.fusion_candidates] if t.context_k > 0 else None,
         "query_encoder": _query_encoder_fingerprint(cfg) if t.context_k > 0 else None,
     }
@@ -177,15 +177,11 @@ def _query_encoder_fingerprint(cfg) -> str | None:
     return None if name in OFF else read_card(query_encoder_location(name)).get("weights_sha256")
 
 
-def _retrieval_mode(cfg) -> str:
-    return cfg.retrieval.mode if cfg.retrieval.mode != "none" else "hybrid"
-
-
 def _encode_rows(rows: list[QARow], tokenizer, retriever, cfg, progress) -> list[Example]:
     from ragqa.prompt import encode_example, fit_passages
 
     t = cfg.train
-    mode = _retrieval_mode(cfg)
+    mode = search_mode(cfg.retrieval.mode)
     siblings = _siblings(rows, retriever, mode) if t.context_k > 0 and t.same_document_negatives else {}
     examples = []
     for row in progress(rows):
