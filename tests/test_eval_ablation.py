@@ -13,6 +13,7 @@ from ragqa.errors import RagqaError
 from ragqa.evaluate.ablation import (
     MatrixRow,
     ResultsLog,
+    describe_retrieval,
     load_questions,
     parse_configs,
     prepare_output,
@@ -34,6 +35,15 @@ def test_parse_configs():
     for bad in ("rag+qlora", "base+lora", "", "foo"):
         with pytest.raises(RagqaError, match="--configs"):
             parse_configs(bad, "hybrid")
+
+
+def test_the_report_says_when_passages_were_reranked():
+    from ragqa.config import load_config
+
+    plain = load_config(None, ["retrieval.mode=dense", "retrieval.k=3"]).retrieval
+    assert describe_retrieval(plain) == "dense, k=3"
+    reranked = load_config(None, ["retrieval.mode=dense", "retrieval.k=3", "retrieval.rerank=default"]).retrieval
+    assert describe_retrieval(reranked) == f"dense, k=3, top {reranked.rerank_candidates} reranked by default"
 
 
 def _adapter(tmp_path: Path, train: list[str], val: list[str], name: str = "adapter") -> str:

@@ -242,6 +242,12 @@ def run_fingerprint(cfg: Config, questions_path: str, adapter: str | AdapterSpec
     }
 
 
+def describe_retrieval(r) -> str:
+    """The report's retrieval line: the mode, k and, when set, the reranker (it changes which passages are shown)."""
+    text = f"{r.mode}, k={r.k}"
+    return text + (f", top {r.rerank_candidates} reranked by {r.rerank}" if r.rerank else "")
+
+
 def prepare_output(output: Path, fingerprint: dict[str, Any], fresh: bool) -> ResultsLog:
     """Create the output folder; refuse to resume into results from a different setup."""
     make_dir(output)
@@ -582,7 +588,7 @@ def evaluate(cfg: Config, *, questions: str | None = None, adapter: str | Adapte
             "questions asked": f"{len(rows)}" + (f" (random sample, seed {seed})" if sample else "")
             + (f" (first {limit})" if limit else ""),
             "adapter": adapter.label if adapter else "none", "model": cfg.model.base, "index": cfg.index.name,
-            "retrieval": f"{cfg.retrieval.mode}, k={cfg.retrieval.k}", "judge": judge or "none",
+            "retrieval": describe_retrieval(cfg.retrieval), "judge": judge or "none",
             "nli_judge": nli_note, "ref_scorer": ref_note if references else "not run (no reference answers)",
             "answer_relevance": relevance_note,
             "answer check (ask.verify)": cfg.ask.verify, "excluded_trained": notes["excluded_trained"]}
