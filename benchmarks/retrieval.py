@@ -26,6 +26,7 @@ Parts (each can be skipped):
             interleaved question by question in the same run; and relevance-based abstention (the reranker card's
             calibrated cut): answered validation questions, declined off-topic ones (all, and the half its
             calibration was not fitted on), next to the cosine cut the run would use without a reranker.
+            --rerank-backend onnx --rerank-backend onnx-int8 measures fp32 and int8 side by side (all of it).
             Targets (issue #16): reranked recall@1 >= 0.80, recall@3 >= 0.93, MRR@10 >= 0.85; <= 40 ms p50 added.
   stores    (with --store) the same index in each vector store (the others built from the first one's vectors,
             nothing embedded again): recall@10 and MRR@10 per mode, top-10 agreement with the first store, and
@@ -215,8 +216,10 @@ def validation_rows(config: str) -> list[dict]:
     return [{"id": r.id, "question": r.question, "gold_passage_ids": r.gold_ids} for r in val_rows if r.gold_ids]
 
 
-def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
-    """The rerank part (module docstring): quality, interleaved latency, relevance-based abstention."""
+def rerank_bench(config: str, index: Path, name: str, queries: int, backends: list[str] | None = None) -> dict:
+    """The rerank part (module docstring): quality, interleaved latency, relevance-based abstention, for each
+    of `backends` (retrieval.rerank_backend values; default the config's) side by side in one run. Keys of the
+    reranked rows are MODE+rerank for the first backend and MODE+rerank[BACKEND] for the others."""
     from ragqa import abstain
     from ragqa.abstain import off_topic_questions
     from ragqa.config import load_config
@@ -226,64 +229,83 @@ def rerank_bench(config: str, index: Path, name: str, queries: int) -> dict:
     from ragqa.retrieve import Retriever
 
     cfg = load_config(config, [f"index.name={index}"])
+    backends = backends or [cfg.retrieval.rerank_backend]
     retriever = Retriever.from_config(cfg)
-    reranker = retriever.reranker(name)
+    rerankers: dict = {}  # backend -> (its retriever, its reranker): each retriever holds one reranker per name
+    for backend in backends:
+        own = retriever if backend == cfg.retrieval.rerank_backend else Retriever.from_config(
+            load_config(config, [f"index.name={index}", f"retrieval.rerank_backend={backend}"]))
+        rerankers[backend] = (own, own.reranker(name))
+    tag = {b: "+rerank" if i == 0 else f"+rerank[{b}]" for i, b in enumerate(backends)}
     rows = validation_rows(config)
     n = retriever.rerank_candidates
     first_stage = search_mode(cfg.retrieval.mode)  # the reranker's, as in its training and calibration
-    out: dict = {"config": config, "reranker": name, "backend": reranker.backend, "candidates": n,
-                 "first_stage_temperature": reranker.first_stage_temperature,
+    reranker = rerankers[backends[0]][1]
+    out: dict = {"config": config, "reranker": name, "backends": {b: r.backend for b, (_, r) in rerankers.items()},
+                 "candidates": n, "first_stage_temperature": reranker.first_stage_temperature,
                  "query_encoder_weights": cfg.retrieval.query_encoder_weights, "questions": len(rows),
                  "split": {"by": cfg.train.split_by, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed}}
     quality: dict = {}
     for mode in SEARCH_MODES:
-        for rerank in (None, name):
-            quality.update(evaluate_retrieval(retriever, rows, modes=(mode,), ks=(1, 3, 5, 10), rerank=rerank,
-                                              progress=False))
+        quality.update(evaluate_retrieval(retriever, rows, modes=(mode,), ks=(1, 3, 5, 10), progress=False))
+        for backend, (own, _) in rerankers.items():
+            scored = evaluate_retrieval(own, rows, modes=(mode,), ks=(1, 3, 5, 10), rerank=name, progress=False)
+            quality[f"{mode}{tag[backend]}"] = scored[f"{mode}+rerank"]
     out["quality"] = quality
 
     questions = [r["question"] for r in rows][:queries]
     for q in questions[:20]:  # warm up: ONNX sessions, BM25 and FAISS caches
         for mode in SEARCH_MODES:
             retriever.retrieve(q, k=10, mode=mode)
-            retriever.retrieve(q, k=10, mode=mode, rerank=name)
-    times: dict = {key: [] for key in (*SEARCH_MODES, *(f"{m}+rerank" for m in SEARCH_MODES), "rerank_alone")}
+            for own, _ in rerankers.values():
+                own.retrieve(q, k=10, mode=mode, rerank=name)
+    times: dict = {mode: [] for mode in SEARCH_MODES}
+    for backend in backends:
+        times.update({f"{m}{tag[backend]}": [] for m in SEARCH_MODES} | {f"rerank_alone[{backend}]": []})
     for q in questions:
         for mode in SEARCH_MODES:
             start = time.perf_counter()
             retriever.retrieve(q, k=10, mode=mode)
             times[mode].append((time.perf_counter() - start) * 1000)
-            start = time.perf_counter()
-            retriever.retrieve(q, k=10, mode=mode, rerank=name)
-            times[f"{mode}+rerank"].append((time.perf_counter() - start) * 1000)
+            for backend, (own, _) in rerankers.items():
+                start = time.perf_counter()
+                own.retrieve(q, k=10, mode=mode, rerank=name)
+                times[f"{mode}{tag[backend]}"].append((time.perf_counter() - start) * 1000)
         candidates = retriever.retrieve(q, k=n, mode=first_stage)
-        start = time.perf_counter()
-        reranker.rank_logits(q, candidates)
-        times["rerank_alone"].append((time.perf_counter() - start) * 1000)
+        for backend, (_, model) in rerankers.items():
+            start = time.perf_counter()
+            model.rank_logits(q, candidates)
+            times[f"rerank_alone[{backend}]"].append((time.perf_counter() - start) * 1000)
     latency = {key: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
                for key, t in times.items()}
-    latency["rerank_added_p50_ms"] = {mode: round(latency[f"{mode}+rerank"]["p50_ms"] - latency[mode]["p50_ms"], 2)
-                                      for mode in SEARCH_MODES}
+    latency["rerank_added_p50_ms"] = {
+        f"{mode}{tag[b]}": round(latency[f"{mode}{tag[b]}"]["p50_ms"] - latency[mode]["p50_ms"], 2)
+        for b in backends for mode in SEARCH_MODES}
     latency["rerank_added_target_p50_ms"] = 40
     latency["threads"] = {"onnxruntime": os.cpu_count(), "torch": __import__("torch").get_num_threads()}
     out["latency"] = latency
 
-    calibration = reranker.abstention
     cosine_cut = abstain.threshold(cfg.retrieval.abstain_below, retriever.manifest, retriever.query_card)
     validation_cosines = np.array(best_cosines(retriever, [r["question"] for r in rows]))
     off_topic_cosines = np.array(best_cosines(retriever, list(off_topic_questions())))
     cosine = {"threshold": cosine_cut,
               "answered_validation": round(float(np.mean(validation_cosines >= cosine_cut)), 4),
               "declined_off_topic": round(float(np.mean(off_topic_cosines < cosine_cut)), 4)}
-    out["abstention"] = {"cosine_cut (without a reranker)": cosine, "relevance": None}
-    if calibration is not None:
-        def answered(questions) -> np.ndarray:
-            logits = best_logits(retriever, reranker, questions, first_stage, n)
+    out["abstention"] = {"cosine_cut (without a reranker)": cosine}
+    for backend, (own, model) in rerankers.items():
+        calibration = model.abstention
+        key = f"relevance{tag[backend].removeprefix('+rerank')}"
+        out["abstention"][key] = None
+        if calibration is None:
+            continue
+
+        def answered(questions, own=own, model=model, calibration=calibration) -> np.ndarray:
+            logits = best_logits(own, model, questions, first_stage, n)
             return abstain.relevance(calibration, np.array(logits)) >= calibration["threshold"]
 
         fitted, held = off_topic_halves(cfg.rerank.seed)
         in_domain, off_fitted, off_held = (answered([r["question"] for r in rows]), answered(fitted), answered(held))
-        out["abstention"]["relevance"] = {
+        out["abstention"][key] = {
             "threshold": calibration["threshold"], "scale": calibration["scale"], "bias": calibration["bias"],
             "answered_validation": round(float(np.mean(in_domain)), 4),
             "declined_off_topic_all": round(1 - float(np.mean(np.concatenate([off_fitted, off_held]))), 4),
@@ -328,6 +350,9 @@ def main() -> None:
     parser.add_argument("--config", help="recipe for the rerank part: its retriever (tuned query encoder) and the "
                                          "validation questions of its train/validation split")
     parser.add_argument("--rerank", help="a trained reranker (name or folder): adds the rerank part (needs --config)")
+    parser.add_argument("--rerank-backend", action="append", choices=["auto", "onnx", "onnx-int8", "torch"],
+                        help="retrieval.rerank_backend to measure; repeat it to measure several side by side "
+                             "(default: the config's)")
     parser.add_argument("--store", nargs="*", default=[], choices=["faiss", "qdrant"],
                         help="compare these vector stores on the --index (the first is the reference)")
     parser.add_argument("--store-url", help="a Qdrant server for --store qdrant (default: Qdrant local mode)")
@@ -366,7 +391,8 @@ def main() -> None:
                     result["quality"] = evaluate_retrieval(retriever, rows)
                     print(format_table(result["quality"]), file=sys.stderr)
                 if args.rerank:
-                    result["rerank"] = rerank_bench(args.config, path, args.rerank, args.queries)
+                    result["rerank"] = rerank_bench(args.config, path, args.rerank, args.queries,
+                                                    args.rerank_backend)
                 if args.store:
                     result["stores"] = compare_stores(path, args.store, args.store_url, embedder, rows, args.queries)
                 if "abstain" not in args.skip and "medquad" in args.abstain_on:

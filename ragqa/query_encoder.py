@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 EXPORT_VERSION = "1"
 """Part of the cache key: bump when the export itself changes."""
+QUANTIZE_VERSION = "1"
+"""Part of the int8 file's name: bump when the quantization changes."""
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 POOLINGS = ("mean", "cls")
 PROBES = ("What causes acne?", "Is psoriasis contagious between family members who live in the same house?", "x")
@@ -166,25 +168,32 @@ def _export(model, example: dict, inputs: tuple[str, ...], output: str, path: Pa
         Path(tmp).unlink(missing_ok=True)
 
 
-def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, what: str, threads: int = 4):
+def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, what: str, threads: int = 4,
+                 int8: bool = False):
     """An ONNX Runtime CPU session for `model` -> `output`, exported once and cached under <cache>/onnx/ by a hash
     of the weights. A cached file that does not load (damaged, truncated) is exported again, once. `example` is a
     padded batch of the model's tokenizer output (see _export). The caller verifies the session against torch.
+    int8: run the export's int8 twin (ONNX Runtime's dynamic quantization: int8 weights per output channel, int8
+    activations quantized per batch), made once from the fp32 export and cached beside it.
 
     Raises RagqaError (naming `what`) when onnxruntime is missing or the export fails."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise RagqaError("onnxruntime is not installed (pip install onnxruntime onnx)") from None
-    path = _cache_path(model, inputs, output)
+    exported = _cache_path(model, inputs, output)
+    path = exported.with_name(f"{exported.stem}.int8-{QUANTIZE_VERSION}.onnx") if int8 else exported
     options = ort.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = min(os.cpu_count() or 1, threads)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy threads beside generation
-    for attempt in (1, 2):  # a damaged cached file is exported again, once
+    for attempt in (1, 2):  # a damaged cached file is exported (and quantized) again, once
         if not path.exists():
             try:
-                _export(model, example, inputs, output, path)
+                if not exported.exists():
+                    _export(model, example, inputs, output, exported)
+                if int8:
+                    _quantize(exported, path)
             except Exception as exc:  # noqa: BLE001 - tracer and exporter raise many types; any failure means torch
                 first = first_line(exc)
                 raise RagqaError(f"ONNX export of the {what} failed: {first}") from None
@@ -192,9 +201,25 @@ def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, wha
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for a damaged file
             path.unlink(missing_ok=True)
+            if int8:
+                exported.unlink(missing_ok=True)  # the int8 file is made from it: it may be the damaged one
             if attempt == 2:
                 raise RagqaError(f"the exported ONNX {what} {path} does not load: {type(exc).__name__}") from None
     raise AssertionError("unreachable")
+
+
+def _quantize(source: Path, path: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of the fp32 export `source`, written atomically to `path`. Signed
+    int8 weights per output channel: what the VNNI int8 kernels of AVX-512 machines run fastest."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fd, tmp = tempfile.mkstemp(prefix=".quantize-", suffix=".onnx", dir=path.parent)
+    os.close(fd)
+    try:
+        quantize_dynamic(str(source), tmp, weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _onnx_encoder(embedder) -> OnnxQueryEncoder:

@@ -95,7 +95,7 @@ def test_trim_answer_keeps_whole_sentences_within_the_budget(tokenizer):
     size = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     assert trim_answer(answer, tokenizer, None) == answer
     short = trim_answer(answer, tokenizer, 24)
-    assert short == "Lamellar ichthyosis is a rare genetic skin condition. Babies are born in a shiny membrane."
+    assert short == "- Lamellar ichthyosis is a rare genetic skin condition. - Babies are born in a shiny membrane."
     assert size(short) <= 24
     assert trim_answer(answer, tokenizer, 1000).endswith("Treatment keeps the skin moist.")
     first_only = trim_answer(answer, tokenizer, 5)  # the first sentence alone is longer: cut to the budget in words
@@ -137,6 +137,27 @@ def test_targets_cite_the_gold_passage_among_same_document_negatives(tiny_medqua
         assert target.replace(f" [{gold_at + 1}]", "").strip() == row["answer"]
         sibling = f"{row['doc_id']}-{'2' if gold.endswith('-1') else '1'}"
         assert sibling in [c.split("#")[0] for c in e.context_ids]  # the same condition's other passage
+
+
+def test_targets_keep_list_items_however_short_with_their_bullets(tokenizer):
+    """MedQuAD flattens lists into ' - ' runs; a target that kept only the lead-in taught the model to write
+    "These resources address ... of X:" and no list."""
+    from ragqa.judge.text import split_units
+    from ragqa.train.data import cite_target, trim_answer
+
+    answer = ("These resources address the diagnosis or management of Aarskog-Scott syndrome: - Genetic Testing "
+              "Registry: Aarskog syndrome - MedlinePlus Encyclopedia: Aarskog syndrome - Drug Therapy")
+    assert split_units(answer) == [
+        ("These resources address the diagnosis or management of Aarskog-Scott syndrome:", False),
+        ("Genetic Testing Registry: Aarskog syndrome", True), ("MedlinePlus Encyclopedia: Aarskog syndrome", True),
+        ("Drug Therapy", True)]
+    assert trim_answer(answer, tokenizer, 192) == answer
+    assert cite_target(answer, 2, "sentence") == (
+        "These resources address the diagnosis or management of Aarskog-Scott syndrome: [2] - Genetic Testing "
+        "Registry: Aarskog syndrome [2] - MedlinePlus Encyclopedia: Aarskog syndrome [2] - Drug Therapy [2]")
+    headed = "Key Points - Scabies is a mite infestation. - It itches at night. Ask your doctor."
+    kept = trim_answer(headed, tokenizer, 192)
+    assert kept == "- Scabies is a mite infestation. - It itches at night. Ask your doctor."
 
 
 def test_cite_target_marks_each_sentence_or_only_the_end():

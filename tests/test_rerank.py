@@ -124,6 +124,31 @@ def test_onnx_scores_match_torch_and_a_damaged_export_is_rebuilt(trained, tmp_pa
 
 
 @pytest.mark.slow
+def test_the_int8_backend_runs_a_quantized_twin_close_to_torch_and_rebuilds_a_damaged_one(trained, tmp_path,
+                                                                                          monkeypatch):
+    from ragqa.rerank.model import MAX_DIFF_INT8, load_reranker
+
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    pairs = [("What causes acne?", "Acne develops when oil and dead skin cells plug hair follicles."),
+             ("How is scabies treated?", "Permethrin cream is applied to the whole body and repeated a week later."),
+             ("Is psoriasis contagious?", "Psoriasis is an immune condition, not an infection.")]
+    want = load_reranker(str(trained), "cpu", "torch").scores(pairs)
+    int8 = load_reranker(str(trained), "cpu", "onnx-int8")
+    assert int8.backend == "onnx-int8"
+    got = int8.scores(pairs)
+    assert np.abs(got - want).max() <= MAX_DIFF_INT8
+    quantized = list((tmp_path / "onnx").glob("*.int8-*.onnx"))
+    [exported] = [p for p in (tmp_path / "onnx").glob("*.onnx") if p not in quantized]
+    assert len(quantized) == 1 and quantized[0].stat().st_size < exported.stat().st_size / 2  # int8 weights
+    quantized[0].write_bytes(b"not an onnx graph")
+    again = load_reranker(str(trained), "cpu", "onnx-int8")
+    assert again.backend == "onnx-int8" and quantized[0].stat().st_size > 1_000_000
+    assert np.abs(again.scores(pairs) - got).max() < 1e-6
+    cfg = load_config(None, ["retrieval.rerank_backend=onnx-int8"])
+    assert cfg.retrieval.rerank_backend == "onnx-int8"
+
+
+@pytest.mark.slow
 def test_rerank_default_is_the_trained_one_and_models_lists_it(trained, retriever, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RAGQA_CACHE", str(tmp_path / "cache"))

@@ -40,12 +40,32 @@ def _punkt():
 
 def split_sentences(text: str) -> list[str]:
     """Text -> sentences (line breaks and ' - ' bullets are boundaries too); empty pieces dropped."""
-    sentences: list[str] = []
-    for block in _BULLET_RE.split(text or ""):
+    return [sentence for sentence, _ in split_units(text)]
+
+
+def split_units(text: str) -> list[tuple[str, bool]]:
+    """split_sentences, each sentence with whether it opens a list item (it follows a ' - ' or '•' bullet, or
+    its line starts with '- '): MedQuAD flattens its lists into ' - ' runs ("...of X: - Genetic Testing
+    Registry: X - MedlinePlus Encyclopedia: X")."""
+    text = text or ""
+    units: list[tuple[str, bool]] = []
+    start, bullet = 0, False
+    for match in [*_BULLET_RE.finditer(text), None]:
+        end = match.start() if match else len(text)
+        block = text[start:end]
+        item = bullet or block.lstrip(" \t").startswith(("- ", "• "))
         block = block.strip(" -\t")
         if block:
-            sentences.extend(s.strip() for s in _punkt().tokenize(block) if s.strip())
-    return sentences
+            sentences = [s.strip() for s in _punkt().tokenize(block) if s.strip()]
+            units.extend((sentence, item and i == 0) for i, sentence in enumerate(sentences))
+        if match:
+            start, bullet = match.end(), "-" in match.group() or "•" in match.group()
+    return units
+
+
+def join_units(units: list[tuple[str, bool]]) -> str:
+    """split_units' inverse, up to spacing: sentences joined by spaces, list items with their ' - ' bullets."""
+    return " ".join(f"- {sentence}" if item else sentence for sentence, item in units)
 
 
 def windows(text: str, tokenizer, budget: int, overlap: int = 1) -> list[str]:

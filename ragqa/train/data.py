@@ -87,27 +87,35 @@ def raft_context(retriever, row: QARow, k: int, p: float, seed: int, mode: str,
     return distractors, None
 
 
+TARGET_VERSION = "2"
+"""Part of the tokenized data's cache key: bump when trim_answer or cite_target change what a target says
+(2: list items kept with their bullets)."""
+
+
 def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
     """The answer's leading whole sentences that fit in `budget` tokens (at least the first sentence, cut to
     the budget in words if it alone is longer). Headings are left out: short lines without a full stop ("Key
     Points") and questions (MedQuAD passages open with their question: "What causes X?"; a target that repeats
-    it teaches the model to echo the question). None keeps the answer as it is."""
+    it teaches the model to echo the question). List items stay, with their ' - ' bullets, however short: without
+    them a third of MedQuAD's answers trained the model to write a list's lead-in ("These resources address the
+    diagnosis or management of X:") and no list. None keeps the answer as it is."""
     if budget is None:
         return answer
-    from ragqa.judge.text import split_sentences
+    from ragqa.judge.text import join_units, split_units
 
     def size(text: str) -> int:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    sentences = [s for s in split_sentences(answer) if not s.endswith("?") and (s[-1] in ".!:;)" or len(s.split()) > 4)]
-    kept: list[str] = []
-    for sentence in sentences or [answer.strip()]:
-        if size(" ".join([*kept, sentence])) > budget:
+    units = [(s, item) for s, item in split_units(answer)
+             if not s.endswith("?") and (item or s[-1] in ".!:;)" or len(s.split()) > 4)]
+    kept: list[tuple[str, bool]] = []
+    for unit in units or [(answer.strip(), False)]:
+        if size(join_units([*kept, unit])) > budget:
             break
-        kept.append(sentence)
+        kept.append(unit)
     if kept:
-        return " ".join(kept)
-    words = (sentences or [answer.strip()])[0].split()
+        return join_units(kept)
+    words = (units or [(answer.strip(), False)])[0][0].split()
     while words and size(" ".join(words)) > budget:
         words = words[: max(1, len(words) * 9 // 10) if len(words) > 1 else 0]
     return " ".join(words)
@@ -118,9 +126,9 @@ def cite_target(answer: str, n: int, citations: str) -> str:
     from ragqa.prompt import cite
 
     if citations == "sentence":
-        from ragqa.judge.text import split_sentences
+        from ragqa.judge.text import join_units, split_units
 
-        return " ".join(cite(s, n) for s in split_sentences(answer)) or cite(answer, n)
+        return join_units([(cite(s, n), item) for s, item in split_units(answer)]) or cite(answer, n)
     return cite(answer, n)
 
 
@@ -156,6 +164,7 @@ def cache_key(cfg, data_hashes: dict[str, str], tokenizer) -> str:
     relevant = {
         "data": sorted(data_hashes.values()),
         "template": TEMPLATE_VERSION,
+        "targets": TARGET_VERSION,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "train": [t.val_fraction, t.max_examples, t.max_val_examples, t.raft_gold_prob, t.context_k,
                   t.max_seq_len, t.seed, cfg.ask.context_tokens, t.raft_absent, t.same_document_negatives,
