@@ -45,15 +45,15 @@ def split_sentences(text: str) -> list[str]:
 
 def split_units(text: str) -> list[tuple[str, bool]]:
     """split_sentences, each sentence with whether it opens a list item (it follows a ' - ' or '•' bullet, or
-    its line starts with '- '): MedQuAD flattens its lists into ' - ' runs ("...of X: - Genetic Testing
-    Registry: X - MedlinePlus Encyclopedia: X")."""
+    its line starts with '- '; a '•' is always a separator, so no block starts with one): MedQuAD flattens its
+    lists into ' - ' runs ("...of X: - Genetic Testing Registry: X - MedlinePlus Encyclopedia: X")."""
     text = text or ""
     units: list[tuple[str, bool]] = []
     start, bullet = 0, False
     for match in [*_BULLET_RE.finditer(text), None]:
         end = match.start() if match else len(text)
         block = text[start:end]
-        item = bullet or block.lstrip(" \t").startswith(("- ", "• "))
+        item = bullet or block.lstrip(" \t").startswith("- ")
         block = block.strip(" -\t")
         if block:
             sentences = [s.strip() for s in _punkt().tokenize(block) if s.strip()]

@@ -108,14 +108,15 @@ def trim_answer(answer: str, tokenizer, budget: int | None) -> str:
 
     units = [(s, item) for s, item in split_units(answer)
              if not s.endswith("?") and (item or s[-1] in ".!:;)" or len(s.split()) > 4)]
+    units = units or [(answer.strip(), False)]
     kept: list[tuple[str, bool]] = []
-    for unit in units or [(answer.strip(), False)]:
+    for unit in units:
         if size(join_units([*kept, unit])) > budget:
             break
         kept.append(unit)
     if kept:
         return join_units(kept)
-    words = (units or [(answer.strip(), False)])[0][0].split()
+    words = units[0][0].split()
     while words and size(" ".join(words)) > budget:
         words = words[: max(1, len(words) * 9 // 10) if len(words) > 1 else 0]
     return " ".join(words)
