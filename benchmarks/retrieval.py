@@ -26,7 +26,8 @@ Parts (each can be skipped):
             interleaved question by question in the same run; and relevance-based abstention (the reranker card's
             calibrated cut): answered validation questions, declined off-topic ones (all, and the half its
             calibration was not fitted on), next to the cosine cut the run would use without a reranker.
-            --rerank-backend onnx --rerank-backend onnx-int8 measures fp32 and int8 side by side (all of it).
+            --rerank-backend onnx --rerank-backend onnx-int8 measures fp32 and int8 side by side (all of it);
+            --rerank default --rerank small measures two rerankers (e.g. a shrunk one, rerank.layers) likewise.
             Targets (issue #16): reranked recall@1 >= 0.80, recall@3 >= 0.93, MRR@10 >= 0.85; <= 40 ms p50 added.
   stores    (with --store) the same index in each vector store (the others built from the first one's vectors,
             nothing embedded again): recall@10 and MRR@10 per mode, top-10 agreement with the first store, and
@@ -216,10 +217,11 @@ def validation_rows(config: str) -> list[dict]:
     return [{"id": r.id, "question": r.question, "gold_passage_ids": r.gold_ids} for r in val_rows if r.gold_ids]
 
 
-def rerank_bench(config: str, index: Path, name: str, queries: int, backends: list[str] | None = None) -> dict:
+def rerank_bench(config: str, index: Path, names: list[str], queries: int, backends: list[str] | None = None) -> dict:
     """The rerank part (module docstring): quality, interleaved latency, relevance-based abstention, for each
-    of `backends` (retrieval.rerank_backend values; default the config's) side by side in one run. Keys of the
-    reranked rows are MODE+rerank for the first backend and MODE+rerank[BACKEND] for the others."""
+    reranker of `names` on each of `backends` (retrieval.rerank_backend values; default the config's) side by side
+    in one run. Keys of the reranked rows are MODE+rerank for the first variant and MODE+rerank[VARIANT] for the
+    others, VARIANT being the backend (one reranker) or NAME/BACKEND (several)."""
     from ragqa import abstain
     from ragqa.abstain import off_topic_questions
     from ragqa.config import load_config
@@ -231,56 +233,58 @@ def rerank_bench(config: str, index: Path, name: str, queries: int, backends: li
     cfg = load_config(config, [f"index.name={index}"])
     backends = backends or [cfg.retrieval.rerank_backend]
     retriever = Retriever.from_config(cfg)
-    rerankers: dict = {}  # backend -> (its retriever, its reranker): each retriever holds one reranker per name
-    for backend in backends:
-        own = retriever if backend == cfg.retrieval.rerank_backend else Retriever.from_config(
-            load_config(config, [f"index.name={index}", f"retrieval.rerank_backend={backend}"]))
-        rerankers[backend] = (own, own.reranker(name))
-    tag = {b: "+rerank" if i == 0 else f"+rerank[{b}]" for i, b in enumerate(backends)}
+    # One retriever per backend (it holds one reranker per name), shared by the rerankers on that backend.
+    owners = {backend: retriever if backend == cfg.retrieval.rerank_backend else Retriever.from_config(
+        load_config(config, [f"index.name={index}", f"retrieval.rerank_backend={backend}"])) for backend in backends}
+    variants = [(name, backend) for name in names for backend in backends]
+    rerankers = {v: (owners[v[1]], owners[v[1]].reranker(v[0])) for v in variants}  # (name, backend) -> both
+    label = {v: (v[1] if len(names) == 1 else f"{v[0]}/{v[1]}") for v in variants}
+    tag = {v: "+rerank" if i == 0 else f"+rerank[{label[v]}]" for i, v in enumerate(variants)}
     rows = validation_rows(config)
     n = retriever.rerank_candidates
     first_stage = search_mode(cfg.retrieval.mode)  # the reranker's, as in its training and calibration
-    reranker = rerankers[backends[0]][1]
-    out: dict = {"config": config, "reranker": name, "backends": {b: r.backend for b, (_, r) in rerankers.items()},
-                 "candidates": n, "first_stage_temperature": reranker.first_stage_temperature,
-                 "query_encoder_weights": cfg.retrieval.query_encoder_weights, "questions": len(rows),
+    out: dict = {"config": config, "rerankers": {label[v]: {"reranker": v[0], "backend": r.backend, "layers":
+                                                           r.model.model.config.num_hidden_layers,
+                                                           "first_stage_temperature": r.first_stage_temperature}
+                                                for v, (_, r) in rerankers.items()},
+                 "candidates": n, "query_encoder_weights": cfg.retrieval.query_encoder_weights, "questions": len(rows),
                  "split": {"by": cfg.train.split_by, "val_fraction": cfg.train.val_fraction, "seed": cfg.train.seed}}
     quality: dict = {}
     for mode in SEARCH_MODES:
         quality.update(evaluate_retrieval(retriever, rows, modes=(mode,), ks=(1, 3, 5, 10), progress=False))
-        for backend, (own, _) in rerankers.items():
-            scored = evaluate_retrieval(own, rows, modes=(mode,), ks=(1, 3, 5, 10), rerank=name, progress=False)
-            quality[f"{mode}{tag[backend]}"] = scored[f"{mode}+rerank"]
+        for v, (own, _) in rerankers.items():
+            scored = evaluate_retrieval(own, rows, modes=(mode,), ks=(1, 3, 5, 10), rerank=v[0], progress=False)
+            quality[f"{mode}{tag[v]}"] = scored[f"{mode}+rerank"]
     out["quality"] = quality
 
     questions = [r["question"] for r in rows][:queries]
     for q in questions[:20]:  # warm up: ONNX sessions, BM25 and FAISS caches
         for mode in SEARCH_MODES:
             retriever.retrieve(q, k=10, mode=mode)
-            for own, _ in rerankers.values():
-                own.retrieve(q, k=10, mode=mode, rerank=name)
+            for v, (own, _) in rerankers.items():
+                own.retrieve(q, k=10, mode=mode, rerank=v[0])
     times: dict = {mode: [] for mode in SEARCH_MODES}
-    for backend in backends:
-        times.update({f"{m}{tag[backend]}": [] for m in SEARCH_MODES} | {f"rerank_alone[{backend}]": []})
+    for v in variants:
+        times.update({f"{m}{tag[v]}": [] for m in SEARCH_MODES} | {f"rerank_alone[{label[v]}]": []})
     for q in questions:
         for mode in SEARCH_MODES:
             start = time.perf_counter()
             retriever.retrieve(q, k=10, mode=mode)
             times[mode].append((time.perf_counter() - start) * 1000)
-            for backend, (own, _) in rerankers.items():
+            for v, (own, _) in rerankers.items():
                 start = time.perf_counter()
-                own.retrieve(q, k=10, mode=mode, rerank=name)
-                times[f"{mode}{tag[backend]}"].append((time.perf_counter() - start) * 1000)
+                own.retrieve(q, k=10, mode=mode, rerank=v[0])
+                times[f"{mode}{tag[v]}"].append((time.perf_counter() - start) * 1000)
         candidates = retriever.retrieve(q, k=n, mode=first_stage)
-        for backend, (_, model) in rerankers.items():
+        for v, (_, model) in rerankers.items():
             start = time.perf_counter()
             model.rank_logits(q, candidates)
-            times[f"rerank_alone[{backend}]"].append((time.perf_counter() - start) * 1000)
+            times[f"rerank_alone[{label[v]}]"].append((time.perf_counter() - start) * 1000)
     latency = {key: {"p50_ms": percentile(t, 50), "p95_ms": percentile(t, 95), "queries": len(t)}
                for key, t in times.items()}
     latency["rerank_added_p50_ms"] = {
-        f"{mode}{tag[b]}": round(latency[f"{mode}{tag[b]}"]["p50_ms"] - latency[mode]["p50_ms"], 2)
-        for b in backends for mode in SEARCH_MODES}
+        f"{mode}{tag[v]}": round(latency[f"{mode}{tag[v]}"]["p50_ms"] - latency[mode]["p50_ms"], 2)
+        for v in variants for mode in SEARCH_MODES}
     latency["rerank_added_target_p50_ms"] = 40
     latency["threads"] = {"onnxruntime": os.cpu_count(), "torch": __import__("torch").get_num_threads()}
     out["latency"] = latency
@@ -292,9 +296,9 @@ def rerank_bench(config: str, index: Path, name: str, queries: int, backends: li
               "answered_validation": round(float(np.mean(validation_cosines >= cosine_cut)), 4),
               "declined_off_topic": round(float(np.mean(off_topic_cosines < cosine_cut)), 4)}
     out["abstention"] = {"cosine_cut (without a reranker)": cosine}
-    for backend, (own, model) in rerankers.items():
+    for v, (own, model) in rerankers.items():
         calibration = model.abstention
-        key = f"relevance{tag[backend].removeprefix('+rerank')}"
+        key = f"relevance{tag[v].removeprefix('+rerank')}"
         out["abstention"][key] = None
         if calibration is None:
             continue
@@ -349,7 +353,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "faiss", "quality", "abstain"])
     parser.add_argument("--config", help="recipe for the rerank part: its retriever (tuned query encoder) and the "
                                          "validation questions of its train/validation split")
-    parser.add_argument("--rerank", help="a trained reranker (name or folder): adds the rerank part (needs --config)")
+    parser.add_argument("--rerank", action="append", help="a trained reranker (name or folder): adds the rerank "
+                        "part (needs --config); repeat it to measure several side by side")
     parser.add_argument("--rerank-backend", action="append", choices=["auto", "onnx", "onnx-int8", "torch"],
                         help="retrieval.rerank_backend to measure; repeat it to measure several side by side "
                              "(default: the config's)")

@@ -350,6 +350,16 @@ class RerankConfig(_Section):
     hardly moves in the steps a CPU run has, and nothing is learned."""
     batch_size: int = Field(32, gt=0)
     """Pairs per step; with the softmax loss, batch_size // (negatives + 1) questions' lists."""
+    layers: int | None = Field(None, ge=1, le=48)
+    """Keep the first this many of rerank.base's transformer layers (a smaller, faster cross-encoder: its cost is
+    linear in layers), then train as usual; None keeps them all. Starting from a trained reranker (rerank.base:
+    default) with rerank.teacher set is the shrink-and-distil recipe."""
+    teacher: str | None = None
+    """A reranker (name or folder) whose per-question score lists the training also matches (listwise loss only):
+    the loss becomes (1 - distill_weight) x the gold passage's cross-entropy + distill_weight x the KL divergence
+    from the teacher's softmax over the same list. None: no distillation."""
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """The weight of the teacher's term (with rerank.teacher)."""
     max_length: int = Field(64, gt=16, le=512)
     """Tokens per question + title line + passage: passages are cut to their opening, which says what they are
     about (the index's chunks are 256 embedder tokens; 64 keeps a CPU step about half the cost of 128)."""

@@ -289,16 +289,14 @@ def test_calibration_separates_in_domain_from_off_topic_and_decides_abstention(t
     assert caplog.text.count("has no relevance calibration") == 1
 
 
-def test_softmax_loss_is_the_gold_passages_cross_entropy_and_learns_the_gold_first():
-    """The listwise loss: the cross-entropy of the gold passage in a softmax over each question's list."""
+def table_scorer(logits: list[float]):
+    """A stand-in cross-encoder for the loss tests: one learnable logit per passage text ("d0" -> logits[0])."""
     import torch
 
-    from ragqa.rerank.train import softmax_loss
-
-    class Scorer(torch.nn.Module):  # a stand-in cross-encoder: one learnable logit per passage text
+    class Scorer(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.table = torch.nn.Parameter(torch.tensor([0.0, 2.0, -1.0, 0.0]))
+            self.table = torch.nn.Parameter(torch.tensor(logits))
             self.device = torch.device("cpu")
 
         def preprocess(self, pairs, prompt=None, task=None):
@@ -307,7 +305,16 @@ def test_softmax_loss_is_the_gold_passages_cross_entropy_and_learns_the_gold_fir
         def forward(self, features):
             return {"scores": self.table[features["ids"]].unsqueeze(1)}
 
-    model = Scorer()
+    return Scorer()
+
+
+def test_softmax_loss_is_the_gold_passages_cross_entropy_and_learns_the_gold_first():
+    """The listwise loss: the cross-entropy of the gold passage in a softmax over each question's list."""
+    import torch
+
+    from ragqa.rerank.train import softmax_loss
+
+    model = table_scorer([0.0, 2.0, -1.0, 0.0])
     inputs = (["q1", "q2"], [["d0", "d1", "d2"], ["d3", "d1"]])
     labels = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([1.0, 0.0])]
     loss = softmax_loss(model)(inputs, labels)
@@ -321,3 +328,68 @@ def test_softmax_loss_is_the_gold_passages_cross_entropy_and_learns_the_gold_fir
         optimizer.step()
     table = model.table.detach()
     assert table[0] > table[1] and table[3] > table[1] and softmax_loss(model)(inputs, labels) < 0.2 * loss
+
+
+def test_the_distillation_term_is_the_kl_from_the_teachers_list_softmax_and_pulls_the_model_to_it():
+    import torch
+
+    from ragqa.rerank.train import softmax_loss
+
+    model = table_scorer([0.0, 0.0, 0.0])
+    inputs, labels = (["q"], [["d0", "d1", "d2"]]), [torch.tensor([1.0, 0.0, 0.0])]
+    teacher = {("q", "d0"): 2.0, ("q", "d1"): 1.0, ("q", "d2"): -1.0}
+    wanted = torch.softmax(torch.tensor([2.0, 1.0, -1.0]), 0)
+    kl = (wanted * (wanted.log() - torch.log_softmax(torch.zeros(3), 0))).sum()
+    assert torch.isclose(softmax_loss(model, teacher, 1.0)(inputs, labels), kl)
+    mixed = softmax_loss(model, teacher, 0.25)(inputs, labels)
+    assert torch.isclose(mixed, 0.75 * softmax_loss(model)(inputs, labels) + 0.25 * kl)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    for _ in range(200):
+        optimizer.zero_grad()
+        softmax_loss(model, teacher, 1.0)(inputs, labels).backward()
+        optimizer.step()
+    # the teacher's distribution, not the one-hot label: d1 keeps its share, above d2
+    assert torch.allclose(torch.softmax(model.table.detach(), 0), wanted, atol=1e-3)
+
+
+def test_shrinking_keeps_the_bottom_layers():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ragqa.rerank.train import kept_layers, shrink
+
+    assert kept_layers(6, 3) == [0, 1, 2] and kept_layers(6, 1) == [0]
+    assert kept_layers(6, 6) == kept_layers(6, 9) == list(range(6))
+    torch.manual_seed(SEED)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=6,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=1))
+    layers = list(model.bert.encoder.layer)
+    assert shrink(model, 3) == [0, 1, 2]
+    assert list(model.bert.encoder.layer) == layers[:3]
+    assert model.config.num_hidden_layers == 3
+    assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 1)
+
+
+@pytest.mark.slow
+def test_a_shrunk_reranker_distilled_from_a_trained_one_loads_with_its_layers_and_ranks_like_it(
+        trained, index, retriever, tmp_path):
+    import random
+
+    from ragqa.rerank.model import load_reranker
+    from ragqa.rerank.train import train_reranker
+    from ragqa.train.data import load_qa, split_rows
+
+    out = tmp_path / "small"
+    train_reranker(load_config(None, [f"index.name={index}", f"rerank.output={out}", *OVERRIDES,
+                                      f"rerank.base={trained}", "rerank.layers=2", f"rerank.teacher={trained}",
+                                      "rerank.distill_weight=0.5", "rerank.head_lr=3e-4"]))
+    card = json.loads((out / "reranker.json").read_text())
+    assert card["layers"] == {"kept": [0, 1], "of": 6} and card["teacher"] == str(trained)
+    small = load_reranker(str(out), "cpu", "onnx")
+    assert small.backend == "onnx" and small.model.model.config.num_hidden_layers == 2
+    rows, _ = load_qa(["corpora/starter/qa.jsonl"])
+    train_rows, _ = split_rows(rows, 0.3, 0, by="auto")
+    used = sorted(random.Random(SEED).sample(train_rows, QUESTIONS), key=lambda r: r.id)
+    firsts = [retriever.retrieve(row.question, k=5, mode="hybrid", rerank=str(out))[0].doc_id in row.gold_ids
+              for row in used]
+    assert np.mean(firsts) >= 0.75, firsts

@@ -127,8 +127,10 @@ def _dataset(pairs, listwise: bool):
                               "labels": [[p.label for p in g] for g in rows]})
 
 
-def softmax_loss(model):
-    """The listwise loss (module docstring): inputs (queries, docs lists), labels lists."""
+def softmax_loss(model, teacher: dict | None = None, distill_weight: float = 0.0):
+    """The listwise loss (module docstring): inputs (queries, docs lists), labels lists. With `teacher` (the
+    teacher's logit of every training (question, passage) pair), (1 - distill_weight) x that loss +
+    distill_weight x KL(teacher's softmax over the list || the model's)."""
     import torch
     from sentence_transformers.util import batch_to_device
 
@@ -145,12 +147,51 @@ def softmax_loss(model):
             losses, start = [], 0
             for label in labels:
                 scores = logits[start : start + len(label)]
+                listed = pairs[start : start + len(label)]
                 start += len(label)
                 target = torch.as_tensor(label, dtype=torch.float32, device=scores.device)
-                losses.append(-(torch.log_softmax(scores, dim=0) * target).sum() / target.sum())
+                log_p = torch.log_softmax(scores, dim=0)
+                loss = -(log_p * target).sum() / target.sum()
+                if teacher is not None:
+                    wanted = torch.tensor([teacher[pair] for pair in listed], dtype=torch.float32,
+                                          device=scores.device)
+                    q = torch.softmax(wanted, dim=0)
+                    loss = (1 - distill_weight) * loss + distill_weight * (q * (torch.log(q + 1e-12) - log_p)).sum()
+                losses.append(loss)
             return torch.stack(losses).mean()
 
     return ListSoftmaxLoss()
+
+
+def kept_layers(total: int, keep: int) -> list[int]:
+    """The first `keep` of `total` layer indices: dropping the top layers (Sajjad et al., "Poor Man's BERT")
+    leaves the kept ones reading what they were trained on. Measured on MedQuAD, 6 -> 3 layers of the trained
+    reranker: evenly spaced [0, 2, 5] then one epoch of distillation ranked worse than the first stage alone."""
+    return list(range(min(keep, total)))
+
+
+def shrink(hf_model, keep: int) -> list[int]:
+    """Keep `keep` of a BERT-style encoder's layers in place (rerank.layers); returns the kept indices."""
+    import torch
+
+    encoder = getattr(getattr(hf_model, hf_model.base_model_prefix, hf_model), "encoder", None)
+    layers = getattr(encoder, "layer", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise RagqaError(f"rerank.layers: {type(hf_model).__name__} has no encoder.layer list to shrink; leave "
+                         "rerank.layers unset")
+    kept = kept_layers(len(layers), keep)
+    encoder.layer = torch.nn.ModuleList(layers[i] for i in kept)
+    hf_model.config.num_hidden_layers = len(kept)
+    return kept
+
+
+def teacher_logits(name: str, pairs, device: str) -> dict:
+    """The teacher reranker's logit of every (question, passage) training pair (rerank.teacher), in one pass."""
+    from ragqa.rerank.model import load_reranker
+
+    teacher = load_reranker(name, device=device, backend="torch")
+    keys = list(dict.fromkeys((p.question, p.passage) for p in pairs))
+    return dict(zip(keys, (float(x) for x in teacher.logits(keys)), strict=True))
 
 
 def _optimizer(model, lr: float, head_lr: float, weight_decay: float):
@@ -235,6 +276,16 @@ def train_reranker(cfg, console=None) -> Path:
     if model.num_labels != 1:
         raise RagqaError(f"rerank.base '{r.base}' has {model.num_labels} output labels; start from an encoder "
                          "(minilm) or a one-logit cross-encoder")
+    base_layers = model.model.config.num_hidden_layers
+    kept = shrink(model.model, r.layers) if r.layers else None
+    teacher = None
+    if r.teacher:
+        if not listwise:
+            raise RagqaError("rerank.teacher needs rerank.loss: softmax (the teacher's scores are matched per list)")
+        teacher = teacher_logits(r.teacher, pairs, device)
+    if kept is not None or teacher is not None:
+        console.print(f"reranker: {len(kept) if kept else 'all'} layers{f' (kept {kept})' if kept else ''}"
+                      f"{f', distilling {r.teacher} at weight {r.distill_weight}' if teacher else ''}")
 
     with atomic_dir(target) as tmp:  # created before training: a read-only or full folder fails early
         with tempfile.TemporaryDirectory(prefix=".reranker-trainer-", dir=target.parent) as scratch:
@@ -248,7 +299,7 @@ def train_reranker(cfg, console=None) -> Path:
                 # pointwise pairs of similar length together; a listwise row is a whole question's list
                 **({} if listwise else {"batch_sampler": length_grouped_sampler()}),
             )
-            loss = softmax_loss(model) if listwise else BinaryCrossEntropyLoss(model)
+            loss = softmax_loss(model, teacher, r.distill_weight) if listwise else BinaryCrossEntropyLoss(model)
             optimizer = _optimizer(model.model, r.lr, r.head_lr or r.lr, args.weight_decay)
             trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(pairs, listwise), loss=loss,
                                           optimizers=(optimizer, None))
@@ -287,6 +338,8 @@ def train_reranker(cfg, console=None) -> Path:
             "kind": "reranker",
             "ragqa_version": __version__,
             "base": r.base,
+            **({"layers": {"kept": kept, "of": base_layers}} if kept else {}),
+            **({"teacher": r.teacher} if r.teacher else {}),
             "max_length": r.max_length,
             "passage": "title line + text",
             "first_stage_temperature": temperature,
