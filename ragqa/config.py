@@ -365,6 +365,12 @@ class RerankConfig(_Section):
     about (the index's chunks are 256 embedder tokens; 64 keeps a CPU step about half the cost of 128)."""
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _teacher_needs_lists(self) -> RerankConfig:
+        if self.teacher and self.loss != "softmax":
+            raise ValueError("teacher needs loss: softmax (the teacher's scores are matched per question's list)")
+        return self
+
 
 class QueryEncoderConfig(_Section):
     """`ragqa query-encoder train`: fine-tune the QUESTION side of the index's embedder against the index's fixed

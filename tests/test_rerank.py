@@ -352,6 +352,12 @@ def test_the_distillation_term_is_the_kl_from_the_teachers_list_softmax_and_pull
     assert torch.allclose(torch.softmax(model.table.detach(), 0), wanted, atol=1e-3)
 
 
+def test_a_teacher_with_the_pointwise_loss_is_refused_when_the_config_loads():
+    with pytest.raises(RagqaError, match="teacher needs loss: softmax"):
+        load_config(None, ["rerank.teacher=default", "rerank.loss=bce"])
+    assert load_config(None, ["rerank.teacher=default"]).rerank.loss == "softmax"
+
+
 def test_shrinking_keeps_the_bottom_layers():
     import torch
     from transformers import BertConfig, BertForSequenceClassification

@@ -155,8 +155,9 @@ def softmax_loss(model, teacher: dict | None = None, distill_weight: float = 0.0
                 if teacher is not None:
                     wanted = torch.tensor([teacher[pair] for pair in listed], dtype=torch.float32,
                                           device=scores.device)
-                    q = torch.softmax(wanted, dim=0)
-                    loss = (1 - distill_weight) * loss + distill_weight * (q * (torch.log(q + 1e-12) - log_p)).sum()
+                    kl = torch.nn.functional.kl_div(log_p, torch.log_softmax(wanted, dim=0), reduction="sum",
+                                                    log_target=True)
+                    loss = (1 - distill_weight) * loss + distill_weight * kl
                 losses.append(loss)
             return torch.stack(losses).mean()
 
@@ -278,11 +279,7 @@ def train_reranker(cfg, console=None) -> Path:
                          "(minilm) or a one-logit cross-encoder")
     base_layers = model.model.config.num_hidden_layers
     kept = shrink(model.model, r.layers) if r.layers else None
-    teacher = None
-    if r.teacher:
-        if not listwise:
-            raise RagqaError("rerank.teacher needs rerank.loss: softmax (the teacher's scores are matched per list)")
-        teacher = teacher_logits(r.teacher, pairs, device)
+    teacher = teacher_logits(r.teacher, pairs, device) if r.teacher else None  # the config ensures a listwise loss
     if kept is not None or teacher is not None:
         console.print(f"reranker: {len(kept) if kept else 'all'} layers{f' (kept {kept})' if kept else ''}"
                       f"{f', distilling {r.teacher} at weight {r.distill_weight}' if teacher else ''}")
