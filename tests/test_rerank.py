@@ -172,6 +172,18 @@ def test_rerank_train_refuses_a_foreign_output_folder(tmp_path):
     assert "not a ragqa reranker" in res.stderr and (foreign / "notes.txt").read_text() == "keep me"
 
 
+def test_rerank_train_clears_what_a_killed_run_left_and_checks_the_teacher_before_any_work(tmp_path):
+    from test_outputs import dead_pid
+
+    left = tmp_path / f".tiny.tmp-{dead_pid()}-abc"  # a SIGTERM-killed run's trainer scratch
+    (left / "checkpoint-5").mkdir(parents=True)
+    res = run_cli("rerank", "train", "--output", str(tmp_path / "tiny"), "--index", str(tmp_path / "none"),
+                  "--set", "rerank.teacher=no-such-reranker")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "reranker 'no-such-reranker' not found" in res.stderr  # before the missing index is even looked at
+    assert not left.exists() and not (tmp_path / "tiny").exists()
+
+
 @pytest.mark.slow
 def test_answer_relevance_in_eval(index, trained, tmp_path):
     out = tmp_path / "report"

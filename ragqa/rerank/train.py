@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ragqa import __version__
 from ragqa.errors import RagqaError, first_line
-from ragqa.files import atomic_dir, check_writable_dir
+from ragqa.files import atomic_dir, check_writable_dir, recover, temp_prefix
 from ragqa.passage import search_mode
 from ragqa.rerank.registry import CARD
 
@@ -207,8 +207,10 @@ def _optimizer(model, lr: float, head_lr: float, weight_decay: float):
 
 
 def _check_output(target: Path) -> None:
-    """Replace only a folder ragqa wrote (a reranker card in it) or an empty one; never someone else's files."""
+    """Replace only a folder ragqa wrote (a reranker card in it) or an empty one; never someone else's files.
+    What a killed run left beside it (its half-written folder, its trainer's scratch) is removed first."""
     check_writable_dir(target)
+    recover(target)
     if target.is_dir() and any(target.iterdir()) and not (target / CARD).is_file():
         raise RagqaError(f"--output {target} holds files that are not a ragqa reranker (no {CARD}): choose an "
                          "empty or new folder")
@@ -228,6 +230,10 @@ def train_reranker(cfg, console=None) -> Path:
     r, t = cfg.rerank, cfg.train
     target = Path(r.output)
     _check_output(target)
+    if r.teacher:  # an unknown name fails here, not after mining pairs and loading the base
+        from ragqa.rerank.model import reranker_location
+
+        reranker_location(r.teacher)
     t0 = time.time()
     rows, hashes = load_qa(t.data)
     train_rows, val_rows = split_rows(rows, t.val_fraction, t.seed, by=t.split_by)
@@ -285,7 +291,8 @@ def train_reranker(cfg, console=None) -> Path:
                       f"{f', distilling {r.teacher} at weight {r.distill_weight}' if teacher else ''}")
 
     with atomic_dir(target) as tmp:  # created before training: a read-only or full folder fails early
-        with tempfile.TemporaryDirectory(prefix=".reranker-trainer-", dir=target.parent) as scratch:
+        # named like atomic_dir's temp folder, so that `recover` removes it after a kill (SIGTERM skips cleanup)
+        with tempfile.TemporaryDirectory(prefix=temp_prefix(target), dir=target.parent) as scratch:
             args = CrossEncoderTrainingArguments(
                 output_dir=scratch, num_train_epochs=r.epochs, max_steps=r.max_steps or -1,
                 per_device_train_batch_size=per_batch, learning_rate=r.lr, warmup_steps=0.1, weight_decay=0.01,
