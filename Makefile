@@ -36,7 +36,7 @@ SHARED       := ../shared/data
 raft: install indexes/medquad/manifest.json query_encoders/default/query_encoder.json judges/default/judge.json \
 		$(RAFT_ADAPTER)/ragqa_card.json
 	$(BIN)/ragqa eval --config $(RAFT) --adapter $(RAFT_ADAPTER) --sample 200 \
-		--configs rag+lora,base,rag,lora --output eval/reports/raft-derm-v4-200
+		--configs rag+lora,base,rag,lora --output eval/reports/raft-derm-v4-200 --set ask.engine=openvino
 
 indexes/medquad/manifest.json:
 	$(BIN)/ragqa ingest --corpus $(SHARED)/medquad-passages.jsonl --index medquad
