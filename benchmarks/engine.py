@@ -9,8 +9,15 @@ tokens so far, the share of positions where the converted model picks torch's ne
 parity with torch; tests/test_engine.py checks the same on a tiny model). With --eval N, `ragqa eval` answers/s on
 N sampled questions for each engine. Prints one JSON object.
 
+Decode rates of these VMs drift by up to 50 % between runs minutes apart, so the rows run in --rounds interleaved
+rounds (round r starts at the r-th engine), and each ratio to llama.cpp is taken within a round and then the median
+over rounds (with every round's ratio printed). Every row writes exactly --max-new-tokens (end-of-sequence tokens
+are never picked: --natural-length lets answers end), so the rates compare the same lengths: a row that stops
+early at 32 tokens decodes on a shorter KV cache than one that writes 64.
+
     python benchmarks/engine.py [--model smollm2-135m] [--index default] [--adapter adapters/X] [--questions 8]
                                 [--threads 2] [--engines torch,openvino-int8,openvino-int4,llama.cpp] [--eval 16]
+                                [--rounds 3] [--natural-length]
     python benchmarks/engine.py --quick     # torch, openvino-fp32 and -int8 on 3 prompts, 24 new tokens
 
 llama.cpp runs when llama-cpp-python is importable (it builds from source: a benchmark venv, not the default
@@ -31,8 +38,9 @@ from pathlib import Path
 
 from workload import LLAMA_CPP_MISSING, ROOT, llama_cpp, peak_rss_mb, prompts, questions, summary
 
-QUICK = {"engines": "torch,openvino-fp32,openvino-int8", "questions": 3, "max_new_tokens": 24, "k": 3}
-FULL = {"engines": "torch,openvino-int8,openvino-int4,llama.cpp", "questions": 8, "max_new_tokens": 64, "k": 5}
+QUICK = {"engines": "torch,openvino-fp32,openvino-int8", "questions": 3, "max_new_tokens": 24, "k": 3, "rounds": 1}
+FULL = {"engines": "torch,openvino-int8,openvino-int4,llama.cpp", "questions": 8, "max_new_tokens": 64, "k": 5,
+        "rounds": 3}
 
 
 def worker(args) -> dict:
@@ -53,6 +61,9 @@ def worker(args) -> dict:
     start = time.perf_counter()
     pipe = Pipeline(cfg, adapter=args.adapter)
     load_s = time.perf_counter() - start
+    if not args.natural_length:
+        # Both engines stop on the generator's eos ids (ragqa/answer.py): an id past the vocabulary never comes.
+        pipe.model.generation_config.eos_token_id = [len(pipe.tokenizer) + 1]
     conversion = None
     use_adapter = args.adapter is not None
     if pipe.engine is not None:
@@ -67,7 +78,7 @@ def worker(args) -> dict:
         answers.append(text)
     result = {"summary": summary(rows), "texts": answers, "load_s": round(load_s, 2),
               "conversion_s": None if conversion is None else round(conversion, 1), "peak_rss_mb": peak_rss_mb()}
-    if pipe.engine is not None:  # after peak_rss_mb: torch generates here too
+    if pipe.engine is not None and not args.no_agreement:  # after peak_rss_mb: torch generates here too
         result["next_token_agreement"] = _next_token_agreement(pipe, texts, use_adapter, args.max_new_tokens)
     if pipe.engine is not None and use_adapter:
         pipe.engine.variant(False)  # converted here, so that --eval's base rows time answers, not a conversion
@@ -120,8 +131,10 @@ def _llama_cpp(cfg, asked: list[str], args) -> dict:
 
     pipe = Pipeline(cfg)  # for the prompts only (the same text; llama.cpp tokenizes it with special tokens)
     texts = prompts(pipe, asked, args.k)
+    eos = pipe.model.generation_config.eos_token_id
+    never = [] if args.natural_length else (eos if isinstance(eos, list) else [eos])
     del pipe
-    return {"summary": llama_cpp(cfg.model.base, texts, args.max_new_tokens, args.threads),
+    return {"summary": llama_cpp(cfg.model.base, texts, args.max_new_tokens, args.threads, never=never),
             "peak_rss_mb": peak_rss_mb(), "weights": "GGUF Q4_1"}
 
 
@@ -155,6 +168,47 @@ def _eval_rate(engine: str, n: int, args, env: dict) -> dict:
     return {"answers": answers, "wall_s": round(wall, 1), "answers_per_s": round(answers / wall, 3)}
 
 
+def _row(engine: str, args, env: dict, first_round: bool) -> dict:
+    """One engine row in its own process (its peak RSS is its own)."""
+    cmd = [sys.executable, __file__, "--worker", engine, "--model", args.model, "--index", args.index,
+           "--k", str(args.k), "--questions", str(args.questions), "--max-new-tokens", str(args.max_new_tokens),
+           "--threads", str(args.threads)] + (["--adapter", args.adapter] if args.adapter else [])
+    cmd += ["--natural-length"] if args.natural_length else []
+    cmd += [] if first_round else ["--no-agreement"]  # the agreement is the same every round: measured once
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"took longer than --timeout {args.timeout:g} s"}
+    if res.returncode != 0:
+        return {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _combine(rows: list[dict]) -> dict:
+    """An engine's rounds as one row: the first round's fields (texts, conversion time, agreement), the medians over
+    rounds of its time to first token and decode rate, every round's rate, and the largest peak RSS."""
+    good = [row for row in rows if "summary" in row]
+    if not good:
+        return rows[0]
+    row = dict(good[0])
+    row["summary"] = {**good[0]["summary"],
+                      "ttft_s_median": round(statistics.median(g["summary"]["ttft_s_median"] for g in good), 4),
+                      "tokens_per_s_median": round(statistics.median(g["summary"]["tokens_per_s_median"]
+                                                                     for g in good), 2)}
+    row["tokens_per_s_rounds"] = [g["summary"]["tokens_per_s_median"] if "summary" in g else None for g in rows]
+    if "peak_rss_mb" in row:
+        row["peak_rss_mb"] = max(g["peak_rss_mb"] for g in good)
+    return row
+
+
+def _ratio(rows: list[dict], reference: list[dict]) -> dict:
+    """Decode rate over the reference's, within each round (the rows of a round ran minutes apart at most), and
+    the median over rounds."""
+    per_round = [round(a["summary"]["tokens_per_s_median"] / b["summary"]["tokens_per_s_median"], 2)
+                 for a, b in zip(rows, reference, strict=True) if "summary" in a and "summary" in b]
+    return {"median": round(statistics.median(per_round), 2) if per_round else None, "rounds": per_round}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="model.base: a registry name or a model folder")
@@ -171,8 +225,13 @@ def main() -> None:
                          f"{QUICK['questions']} RAG prompts of {QUICK['k']} passages, {QUICK['max_new_tokens']} "
                          "new tokens; explicit options still win")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one engine row may take (default 1800)")
+    ap.add_argument("--rounds", type=int, help=f"interleaved rounds of the engine rows (default {FULL['rounds']}; "
+                                                 f"--quick: {QUICK['rounds']})")
+    ap.add_argument("--natural-length", action="store_true",
+                    help="let answers end at end-of-sequence instead of writing --max-new-tokens each")
     ap.add_argument("--eval", type=int, default=0, help="also time `ragqa eval` on this many sampled questions")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--no-agreement", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -197,20 +256,12 @@ def main() -> None:
         (Path(fresh) / "models").symlink_to(cache_dir() / "models", target_is_directory=True)
         env = {**os.environ, "RAGQA_CACHE": fresh, "PYTHONPATH": os.pathsep.join(
             p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-        for engine in engines:
-            cmd = [sys.executable, __file__, "--worker", engine, "--model", args.model, "--index", args.index,
-                   "--k", str(args.k),
-                   "--questions", str(args.questions), "--max-new-tokens", str(args.max_new_tokens),
-                   "--threads", str(args.threads)] + (["--adapter", args.adapter] if args.adapter else [])
-            try:
-                res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                result["engines"][engine] = {"error": f"took longer than --timeout {args.timeout:g} s"}
-                continue
-            if res.returncode != 0:
-                result["engines"][engine] = {"error": (res.stderr.strip().splitlines() or ["failed"])[-1]}
-                continue
-            result["engines"][engine] = json.loads(res.stdout.strip().splitlines()[-1])
+        rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
+        for r in range(args.rounds):
+            for engine in engines[r % len(engines):] + engines[:r % len(engines)]:
+                rounds[engine].append(_row(engine, args, env, first_round=r == 0))
+        for engine, rows in rounds.items():
+            result["engines"][engine] = _combine(rows)
         tokenizer = load_tokenizer(args.model)
         reference = result["engines"].get("torch", {})
         base_speed = reference.get("summary", {}).get("tokens_per_s_median")
@@ -219,9 +270,9 @@ def main() -> None:
             if "texts" in row and "texts" in reference and engine != "torch":
                 row["agreement_with_torch"] = _agreement(reference["texts"], row["texts"], tokenizer)
             if "summary" in row and base_speed:
-                row["decode_vs_torch"] = round(row["summary"]["tokens_per_s_median"] / base_speed, 2)
+                row["decode_vs_torch"] = _ratio(rounds[engine], rounds["torch"])
             if "summary" in row and llama:
-                row["decode_vs_llama_cpp"] = round(row["summary"]["tokens_per_s_median"] / llama, 2)
+                row["decode_vs_llama_cpp"] = _ratio(rounds[engine], rounds["llama.cpp"])
         for row in result["engines"].values():  # after the loop: torch's texts are every row's reference
             row.pop("texts", None)
         if args.eval:

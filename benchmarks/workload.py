@@ -56,9 +56,12 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def llama_cpp(model: str, texts: list[str], max_new_tokens: int, threads: int) -> dict | None:
+def llama_cpp(model: str, texts: list[str], max_new_tokens: int, threads: int,
+              never: list[int] | None = None) -> dict | None:
     """The same prompts through llama.cpp (llama-cpp-python) on the registry model's GGUF, greedy with the same
-    repetition penalty, the first one a warm-up: summary() of the rest. None when llama-cpp-python is missing."""
+    repetition penalty, the first one a warm-up: summary() of the rest. None when llama-cpp-python is missing.
+    never: token ids it may not pick (the end-of-sequence ids, so every answer writes max_new_tokens; the GGUF
+    has the same vocabulary as the transformers weights)."""
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -70,7 +73,8 @@ def llama_cpp(model: str, texts: list[str], max_new_tokens: int, threads: int) -
     for i, prompt in enumerate([texts[0], *texts]):
         start, first, n = time.perf_counter(), None, 0
         for _ in llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, stream=True,
-                                       repeat_penalty=1.1):
+                                       repeat_penalty=1.1,
+                                       logit_bias={token: -float("inf") for token in never or []} or None):
             first = first if first is not None else time.perf_counter() - start
             n += 1
         total = time.perf_counter() - start
