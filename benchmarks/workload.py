@@ -72,9 +72,11 @@ def llama_cpp(model: str, texts: list[str], max_new_tokens: int, threads: int,
     rows = []
     for i, prompt in enumerate([texts[0], *texts]):
         start, first, n = time.perf_counter(), None, 0
-        for _ in llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, stream=True,
-                                       repeat_penalty=1.1,
-                                       logit_bias={token: -float("inf") for token in never or []} or None):
+        for chunk in llm.create_completion(prompt, max_tokens=max_new_tokens, temperature=0.0, stream=True,
+                                           repeat_penalty=1.1,
+                                           logit_bias={token: -float("inf") for token in never or []} or None):
+            if chunk["choices"][0]["finish_reason"] is not None:
+                continue  # the stream's last chunk carries no token, only why it ended
             first = first if first is not None else time.perf_counter() - start
             n += 1
         total = time.perf_counter() - start
