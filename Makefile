@@ -28,7 +28,8 @@ demo: install
 	$(BIN)/ragqa ask "How is scabies treated, and should my family be treated too?" --adapter adapters/smollm2-135m-lora
 
 # The RAFT recipe on the real data, each step skipped when its output exists (a killed training resumes):
-# MedQuAD index -> tuned query encoder -> NLI judge -> adapter -> the 200-question ablation matrix. ~3 h on 2 cores.
+# MedQuAD index -> tuned query encoder -> NLI judge -> adapter -> the 200-question ablation matrix (OpenVINO, fp32
+# weights: torch's answers in about a quarter of its time). ~1.5 h on 2 cores.
 RAFT         := configs/smollm2-135m_lora-raft-derm_cpu.yaml
 RAFT_ADAPTER := adapters/smollm2-135m_raft-derm
 SHARED       := ../shared/data
@@ -36,7 +37,8 @@ SHARED       := ../shared/data
 raft: install indexes/medquad/manifest.json query_encoders/default/query_encoder.json judges/default/judge.json \
 		$(RAFT_ADAPTER)/ragqa_card.json
 	$(BIN)/ragqa eval --config $(RAFT) --adapter $(RAFT_ADAPTER) --sample 200 \
-		--configs rag+lora,base,rag,lora --output eval/reports/raft-derm-v4-200 --set ask.engine=openvino
+		--configs rag+lora,base,rag,lora --output eval/reports/raft-derm-v4-200-fp32 \
+		--set ask.engine=openvino --set ask.engine_weights=fp32
 
 indexes/medquad/manifest.json:
 	$(BIN)/ragqa ingest --corpus $(SHARED)/medquad-passages.jsonl --index medquad
