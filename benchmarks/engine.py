@@ -205,7 +205,8 @@ def _ratio(rows: list[dict], reference: list[dict]) -> dict:
     """Decode rate over the reference's, within each round (the rows of a round ran minutes apart at most), and
     the median over rounds."""
     per_round = [round(a["summary"]["tokens_per_s_median"] / b["summary"]["tokens_per_s_median"], 2)
-                 for a, b in zip(rows, reference, strict=True) if "summary" in a and "summary" in b]
+                 for a, b in zip(rows, reference, strict=True)
+                 if "summary" in a and "summary" in b and b["summary"]["tokens_per_s_median"]]
     return {"median": round(statistics.median(per_round), 2) if per_round else None, "rounds": per_round}
 
 
@@ -264,15 +265,12 @@ def main() -> None:
             result["engines"][engine] = _combine(rows)
         tokenizer = load_tokenizer(args.model)
         reference = result["engines"].get("torch", {})
-        base_speed = reference.get("summary", {}).get("tokens_per_s_median")
-        llama = result["engines"].get("llama.cpp", {}).get("summary", {}).get("tokens_per_s_median")
         for engine, row in result["engines"].items():
             if "texts" in row and "texts" in reference and engine != "torch":
                 row["agreement_with_torch"] = _agreement(reference["texts"], row["texts"], tokenizer)
-            if "summary" in row and base_speed:
-                row["decode_vs_torch"] = _ratio(rounds[engine], rounds["torch"])
-            if "summary" in row and llama:
-                row["decode_vs_llama_cpp"] = _ratio(rounds[engine], rounds["llama.cpp"])
+            for name, other in (("decode_vs_torch", "torch"), ("decode_vs_llama_cpp", "llama.cpp")):
+                if "summary" in row and "summary" in result["engines"].get(other, {}):
+                    row[name] = _ratio(rounds[engine], rounds[other])
         for row in result["engines"].values():  # after the loop: torch's texts are every row's reference
             row.pop("texts", None)
         if args.eval:
