@@ -26,7 +26,8 @@ Parts (each can be skipped):
             interleaved question by question in the same run; and relevance-based abstention (the reranker card's
             calibrated cut): answered validation questions, declined off-topic ones (all, and the half its
             calibration was not fitted on), next to the cosine cut the run would use without a reranker.
-            --rerank-backend onnx --rerank-backend onnx-int8 measures fp32 and int8 side by side (all of it);
+            --rerank-backend onnx --rerank-backend onnx-int8 --rerank-backend openvino-int8 measures fp32 and the
+            two int8 backends side by side (all of it);
             --rerank default --rerank small measures two rerankers (e.g. a shrunk one, rerank.layers) likewise.
             Targets (issue #16): reranked recall@1 >= 0.80, recall@3 >= 0.93, MRR@10 >= 0.85; <= 40 ms p50 added.
   stores    (with --store) the same index in each vector store (the others built from the first one's vectors,
@@ -355,7 +356,8 @@ def main() -> None:
                                          "validation questions of its train/validation split")
     parser.add_argument("--rerank", action="append", help="a trained reranker (name or folder): adds the rerank "
                         "part (needs --config); repeat it to measure several side by side")
-    parser.add_argument("--rerank-backend", action="append", choices=["auto", "onnx", "onnx-int8", "torch"],
+    parser.add_argument("--rerank-backend", action="append",
+                        choices=["auto", "onnx", "onnx-int8", "openvino-int8", "torch"],
                         help="retrieval.rerank_backend to measure; repeat it to measure several side by side "
                              "(default: the config's)")
     parser.add_argument("--store", nargs="*", default=[], choices=["faiss", "qdrant"],

@@ -149,10 +149,11 @@ class RetrievalConfig(_Section):
     query_encoder: Literal["auto", "onnx", "torch"] = "auto"
     """How queries are embedded: onnx (ONNX Runtime, exported once from the embedder and checked against torch;
     ~3x sooner on CPU), torch, or auto = onnx on CPU where it works, torch otherwise."""
-    rerank_backend: Literal["auto", "onnx", "onnx-int8", "torch"] = "auto"
+    rerank_backend: Literal["auto", "onnx", "onnx-int8", "openvino-int8", "torch"] = "auto"
     """How the cross-encoder runs: the same choice as query_encoder (onnx checked against torch before use), or
     onnx-int8: its int8 twin (ONNX Runtime dynamic quantization; faster where the CPU has AVX-512 VNNI, scores
-    within 0.05 of torch's on the probes)."""
+    within 0.1 of torch's on the probes), or openvino-int8: weights and activations int8 (NNCF post-training
+    quantization, OpenVINO; needs ragqa[fast]), the fastest on those CPUs, checked the same way."""
     # Typed str | None only so that `--set retrieval.query_encoder_weights=null` reads as null (a text field keeps
     # the text "null"); _none_is_off turns null into "none", so the value is always a string.
     query_encoder_weights: str | None = "none"

@@ -72,6 +72,14 @@ def no_telemetry():
             os.environ["CI"] = before
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """nncf draws its progress bars and tables on stdout, which may carry `ragqa ask --json` answers or a
+    benchmark's JSON: while it runs, what it prints goes to stderr."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
 def missing_packages() -> list[str]:
     return [name for name in PACKAGES if importlib.util.find_spec(name) is None]
 
@@ -287,6 +295,16 @@ def export(model, tokenizer, folder: Path, weights: str) -> None:
         model.generation_config.save_pretrained(folder)
 
 
+def write_manifest(folder: Path, key: dict, what: str) -> None:
+    """The manifest check_cache reads, written last into a conversion's (temp) folder: the key and each model
+    file's size and sha256."""
+    files = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+             for name in MODEL_FILES}
+    (folder / MANIFEST).write_text(json.dumps({"key": key, "files": files, "what": what,
+                                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2),
+                                   encoding="utf-8")
+
+
 def build(model, tokenizer, key: dict, folder: Path, what: str) -> float:
     """Convert into `folder` atomically (a temp folder renamed into place, replacing a damaged one); returns the
     seconds it took. The manifest, written last, records the key and each file's size and sha256."""
@@ -294,13 +312,9 @@ def build(model, tokenizer, key: dict, folder: Path, what: str) -> float:
     note(f"converting {what} for the openvino engine ({key['weights']} weights) once; cached in {folder} ...")
     recover(folder)  # temp folders of a conversion that was killed
     try:
-        with atomic_dir(folder, option="RAGQA_CACHE folder") as tmp, no_telemetry():
+        with atomic_dir(folder, option="RAGQA_CACHE folder") as tmp, no_telemetry(), stdout_to_stderr():
             export(model, tokenizer, tmp, key["weights"])
-            files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                     for name in MODEL_FILES}
-            (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files, "what": what,
-                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2),
-                                        encoding="utf-8")
+            write_manifest(tmp, key, what)
     except RagqaError:
         raise
     except Exception as exc:  # noqa: BLE001 - tracer, converter and nncf raise many types

@@ -121,7 +121,20 @@ def _structure(embedder) -> tuple[object, str, tuple[str, ...]]:
     return embedder[0].auto_model, pooling, inputs
 
 
-def _cache_path(model, inputs: tuple[str, ...], output: str) -> Path:
+def onnx_export(model, example: dict, inputs: tuple[str, ...], output: str, what: str) -> Path:
+    """The cached fp32 ONNX export of `model` -> `output` (see onnx_session), exported now when it is missing: the
+    source of other runtimes' conversions (ragqa.rerank.openvino). Raises RagqaError naming `what`."""
+    path = export_path(model, inputs, output)
+    if not path.exists():
+        try:
+            _export(model, example, inputs, output, path)
+        except Exception as exc:  # noqa: BLE001 - tracer and exporter raise many types
+            raise RagqaError(f"ONNX export of the {what} failed: {first_line(exc)}") from None
+    return path
+
+
+def export_path(model, inputs: tuple[str, ...], output: str) -> Path:
+    """Where the fp32 ONNX export of `model` is cached: <cache>/onnx/, named by a hash of the weights."""
     import torch
 
     from ragqa.models import cache_dir
@@ -181,7 +194,7 @@ def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, wha
         import onnxruntime as ort
     except ImportError:
         raise RagqaError("onnxruntime is not installed (pip install onnxruntime onnx)") from None
-    exported = _cache_path(model, inputs, output)
+    exported = export_path(model, inputs, output)
     path = exported.with_name(f"{exported.stem}.int8-{QUANTIZE_VERSION}.onnx") if int8 else exported
     options = ort.SessionOptions()
     options.inter_op_num_threads = 1

@@ -112,7 +112,7 @@ def test_onnx_scores_match_torch_and_a_damaged_export_is_rebuilt(trained, tmp_pa
              ("x", "")]
     torch_scores = load_reranker(str(trained), "cpu", "torch").scores(pairs)
     onnx = load_reranker(str(trained), "cpu", "onnx")
-    assert onnx.backend == "onnx"
+    assert onnx.backend == "onnx" and onnx.direct  # the tokenizer called directly gives preprocess's ids
     got = onnx.scores(pairs)
     assert got.dtype == np.float32 and got.shape == (len(pairs),)
     assert np.abs(got - torch_scores).max() < 1e-4
@@ -146,6 +146,48 @@ def test_the_int8_backend_runs_a_quantized_twin_close_to_torch_and_rebuilds_a_da
     assert np.abs(again.scores(pairs) - got).max() < 1e-6
     cfg = load_config(None, ["retrieval.rerank_backend=onnx-int8"])
     assert cfg.retrieval.rerank_backend == "onnx-int8"
+
+
+@pytest.mark.slow
+def test_the_openvino_int8_backend_matches_torch_reuses_its_cache_and_rebuilds_a_damaged_one(trained, tmp_path,
+                                                                                             monkeypatch, capfd):
+    from ragqa.rerank.model import MAX_DIFF_INT8, load_reranker
+
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    pairs = [("What causes acne?", "Acne develops when oil and dead skin cells plug hair follicles."),
+             ("How is scabies treated?", "Permethrin cream is applied to the whole body and repeated a week later."),
+             ("Is psoriasis contagious?", " ".join(["Psoriasis is an immune condition, not an infection."] * 30)),
+             ("How do I bake bread?", "Impetigo is a contagious bacterial skin infection common in children.")]
+    want = load_reranker(str(trained), "cpu", "torch").scores(pairs)
+    capfd.readouterr()
+    int8 = load_reranker(str(trained), "cpu", "openvino-int8")
+    assert int8.backend == "openvino-int8"
+    assert capfd.readouterr().out == ""  # nncf's progress bars stay off stdout (ragqa ask --json answers there)
+    got = int8.scores(pairs)
+    assert got.dtype == np.float32 and np.abs(got - want).max() <= MAX_DIFF_INT8
+    [folder] = (tmp_path / "rerankers").glob("openvino-int8-*")
+    weights = folder / "openvino_model.bin"
+    made = weights.stat().st_mtime_ns
+    assert load_reranker(str(trained), "cpu", "openvino-int8").backend == "openvino-int8"
+    assert weights.stat().st_mtime_ns == made  # the cached conversion is reused
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, wrong sha256
+    weights.write_bytes(bytes(data))
+    again = load_reranker(str(trained), "cpu", "openvino-int8")
+    assert again.backend == "openvino-int8" and weights.read_bytes() != bytes(data)
+    assert np.abs(again.scores(pairs) - got).max() < 1e-4
+
+
+def test_the_openvino_int8_backend_names_what_is_missing(untrained, tmp_path, monkeypatch):
+    import ragqa.rerank.openvino as ov_rerank
+    from ragqa.rerank.model import load_reranker
+
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    monkeypatch.setattr(ov_rerank, "missing_packages", lambda: ["nncf"])
+    with pytest.raises(RagqaError, match=r"rerank_backend=openvino-int8: nncf not installed \(pip install "
+                                         r"'ragqa\[fast\]'\); use retrieval.rerank_backend=torch"):
+        load_reranker(str(untrained), "cpu", "openvino-int8")
+    assert load_reranker(str(untrained), "cpu", "auto").backend == "onnx"  # auto never needs openvino
 
 
 @pytest.mark.slow
