@@ -146,11 +146,15 @@ def cache_key(base_sha: str, adapter_sha: str | None, weights: str) -> dict[str,
             "base_sha256": base_sha, "adapter_sha256": adapter_sha}
 
 
+def key_digest(key: dict) -> str:
+    """A cache key's short hash: the name of the folder its conversion is cached in."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def cache_folder(key: dict) -> Path:
     from ragqa.models import cache_dir
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "engines" / f"openvino-{key['weights']}-{digest}"
+    return cache_dir() / "engines" / f"openvino-{key['weights']}-{key_digest(key)}"
 
 
 def check_cache(folder: Path, key: dict) -> str | None:

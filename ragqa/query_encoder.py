@@ -202,14 +202,12 @@ def onnx_session(model, example: dict, inputs: tuple[str, ...], output: str, wha
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy threads beside generation
     for attempt in (1, 2):  # a damaged cached file is exported (and quantized) again, once
         if not path.exists():
-            try:
-                if not exported.exists():
-                    _export(model, example, inputs, output, exported)
-                if int8:
+            onnx_export(model, example, inputs, output, what)
+            if int8:
+                try:
                     _quantize(exported, path)
-            except Exception as exc:  # noqa: BLE001 - tracer and exporter raise many types; any failure means torch
-                first = first_line(exc)
-                raise RagqaError(f"ONNX export of the {what} failed: {first}") from None
+                except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; any failure means torch
+                    raise RagqaError(f"ONNX export of the {what} failed: {first_line(exc)}") from None
         try:
             return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises its own untyped errors for a damaged file

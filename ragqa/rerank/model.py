@@ -145,11 +145,12 @@ class Reranker:
                                  convert_to_numpy=True, activation_fn=torch.nn.Identity())
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
-    def _features(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+    def _features(self, pairs: Sequence[tuple[str, str]], direct: bool | None = None) -> dict[str, np.ndarray]:
         """The compiled graph's inputs for `pairs`: CrossEncoder's tokenization and truncation. CrossEncoder.preprocess
         checks modalities and returns torch tensors, 1-4 ms of a 40 ms rerank of 20 candidates; its tokenizer
-        called directly with the same settings gives the same ids (`direct`, checked on probe pairs at load)."""
-        if self.direct:
+        called directly with the same settings gives the same ids (`direct`, default self.direct: checked on probe
+        pairs at load)."""
+        if self.direct if direct is None else direct:
             encoded = self.model.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True,
                                            truncation=True, max_length=self.model.max_length, return_tensors="np")
             return {name: np.asarray(encoded[name], dtype=np.int64) for name in self.inputs}
@@ -158,11 +159,9 @@ class Reranker:
 
     def _direct_matches(self) -> bool:
         probes = [*PROBES, (PROBES[0][0], " ".join(["Psoriasis is an immune condition."] * 40))]  # truncated
-        self.direct = False
-        want = self._features(probes)
-        self.direct = True
+        want = self._features(probes, direct=False)
         try:
-            got = self._features(probes)
+            got = self._features(probes, direct=True)
         except Exception:  # noqa: BLE001 - a tokenizer without pair or numpy support: use preprocess
             return False
         return all(got[name].shape == want[name].shape and (got[name] == want[name]).all() for name in self.inputs)

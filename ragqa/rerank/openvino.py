@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ragqa.engine import MODEL_FILES, check_cache, missing_packages, no_telemetry, stdout_to_stderr, write_manifest
+from ragqa.engine import (MODEL_FILES, check_cache, key_digest, missing_packages, no_telemetry, stdout_to_stderr,
+                          write_manifest)
 from ragqa.errors import RagqaError, first_line
 from ragqa.files import atomic_dir, recover
 
@@ -65,8 +66,7 @@ def cache_key(onnx_path: Path) -> dict[str, str]:
 def cache_folder(key: dict) -> Path:
     from ragqa.models import cache_dir
 
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return cache_dir() / "rerankers" / f"openvino-int8-{digest}"
+    return cache_dir() / "rerankers" / f"openvino-int8-{key_digest(key)}"
 
 
 def _quantize(onnx_path: Path, folder: Path, preprocess: Callable, inputs: tuple[str, ...]) -> None:
