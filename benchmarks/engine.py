@@ -21,7 +21,8 @@ early at 32 tokens decodes on a shorter KV cache than one that writes 64.
     python benchmarks/engine.py --quick     # torch, openvino-fp32 and -int8 on 3 prompts, 24 new tokens
 
 llama.cpp runs when llama-cpp-python is importable (it builds from source: a benchmark venv, not the default
-install), on the GGUF the registry ships (Q4_1 weights, so its agreement with torch is not reported).
+install), on the GGUF the registry ships (Q4_1 weights; the torch generator is that GGUF dequantized, so its
+next_token_agreement is llama.cpp's arithmetic on the same weights).
 """
 
 from __future__ import annotations
@@ -85,14 +86,37 @@ def worker(args) -> dict:
     return result
 
 
-def _next_token_agreement(pipe, texts: list[str], use_adapter: bool, n: int) -> dict:
-    """Teacher-forced agreement of the converted model with torch: torch generates n greedy tokens per prompt
-    without a repetition penalty (so each is the argmax of torch's logits); the converted model reads the same
-    sequence in one pass, and we count the positions where its argmax is torch's token. Unlike whole answers, this
-    does not stop counting at the first difference (greedy answers of a 135M model part within a few tokens under
-    any weight rounding): fp32 should be 1.0, int8 near it."""
-    import numpy as np
+def _torch_sequences(model, tokenizer, texts: list[str], n: int) -> list[tuple[int, list[int]]]:
+    """Each prompt's ids followed by torch's n greedy tokens without a repetition penalty (so each is the argmax of
+    torch's logits), with the prompt's length: what the next-token agreement reads."""
     import torch
+
+    sequences = []
+    for prompt in texts:
+        enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, repetition_penalty=1.0,
+                                 temperature=None, top_p=None, top_k=None, pad_token_id=tokenizer.pad_token_id)
+        sequences.append((enc["input_ids"].shape[1], out[0].tolist()))
+    return sequences
+
+
+def _share(sequences: list[tuple[int, list[int]]], logits_of) -> dict:
+    """The share of generated positions where argmax(logits_of(sequence)) is torch's token."""
+    agree = total = 0
+    for width, seq in sequences:
+        picked = logits_of(seq)[width - 1:len(seq) - 1].argmax(-1).tolist()
+        agree += sum(a == b for a, b in zip(picked, seq[width:], strict=True))
+        total += len(seq) - width
+    return {"share": round(agree / max(total, 1), 4), "positions": total}
+
+
+def _next_token_agreement(pipe, texts: list[str], use_adapter: bool, n: int) -> dict:
+    """Teacher-forced agreement of the converted model with torch: torch generates n greedy tokens per prompt; the
+    converted model reads the same sequence in one pass, and we count the positions where its argmax is torch's
+    token. Unlike whole answers, this does not stop counting at the first difference (greedy answers of a 135M
+    model part within a few tokens under any weight rounding): fp32 should be 1.0, int8 near it."""
+    import numpy as np
 
     from ragqa.engine import no_telemetry
 
@@ -104,22 +128,36 @@ def _next_token_agreement(pipe, texts: list[str], use_adapter: bool, n: int) -> 
                                        {"INFERENCE_NUM_THREADS": pipe.cfg.ask.threads or 2,
                                         "INFERENCE_PRECISION_HINT": "f32"})
     model = pipe.engine._torch_model(use_adapter)  # the model that was converted (the adapter merged)
-    agree = total = 0
-    for prompt in texts:
-        enc = pipe.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        width = enc["input_ids"].shape[1]
-        with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=n, do_sample=False, repetition_penalty=1.0,
-                                 temperature=None, top_p=None, top_k=None, pad_token_id=pipe.tokenizer.pad_token_id)
-        seq = out[0].tolist()
-        logits = compiled.create_infer_request().infer({
+
+    def logits_of(seq):
+        return compiled.create_infer_request().infer({
             "input_ids": np.array([seq], dtype=np.int64), "attention_mask": np.ones((1, len(seq)), dtype=np.int64),
             "position_ids": np.arange(len(seq), dtype=np.int64)[None],
             "beam_idx": np.zeros(1, dtype=np.int32)})["logits"][0]
-        picked = logits[width - 1:len(seq) - 1].argmax(-1).tolist()
-        agree += sum(a == b for a, b in zip(picked, seq[width:], strict=True))
-        total += len(seq) - width
-    return {"share": round(agree / max(total, 1), 4), "positions": total}
+
+    return _share(_torch_sequences(model, pipe.tokenizer, texts, n), logits_of)
+
+
+def _llama_cpp_agreement(cfg, texts: list[str], n: int) -> dict:
+    """The same teacher-forced agreement for llama.cpp on the base GGUF (logits at every position). The torch
+    generator is this GGUF dequantized, so llama.cpp computes with exactly its weights: what is left is arithmetic
+    (its 8-bit activations). With --adapter, torch runs the base too: llama.cpp has no adapter here."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    from ragqa.models import load_generator, resolve
+
+    model, tokenizer = load_generator(cfg.model.base, device="cpu")
+    sequences = _torch_sequences(model, tokenizer, texts, n)
+    llm = Llama(model_path=resolve(cfg.model.base).location, n_ctx=4096, n_threads=cfg.ask.threads,
+                logits_all=True, verbose=False)
+
+    def logits_of(seq):
+        llm.reset()
+        llm.eval(seq)
+        return np.asarray(llm.scores[:len(seq)])
+
+    return _share(sequences, logits_of)
 
 
 def _llama_cpp(cfg, asked: list[str], args) -> dict:
@@ -134,8 +172,11 @@ def _llama_cpp(cfg, asked: list[str], args) -> dict:
     eos = pipe.model.generation_config.eos_token_id
     never = [] if args.natural_length else (eos if isinstance(eos, list) else [eos])
     del pipe
-    return {"summary": llama_cpp(cfg.model.base, texts, args.max_new_tokens, args.threads, never=never),
-            "peak_rss_mb": peak_rss_mb(), "weights": "GGUF Q4_1"}
+    result = {"summary": llama_cpp(cfg.model.base, texts, args.max_new_tokens, args.threads, never=never),
+              "peak_rss_mb": peak_rss_mb(), "weights": "GGUF Q4_1"}
+    if not args.no_agreement:  # after peak_rss_mb: torch generates here too
+        result["next_token_agreement"] = _llama_cpp_agreement(cfg, texts, args.max_new_tokens)
+    return result
 
 
 def _agreement(reference: list[str], texts: list[str], tokenizer) -> dict:

@@ -10,7 +10,8 @@ Why our own export: optimum-intel's exporter pins transformers<5.6 (ragqa runs 5
 does not match torch. The export here uses only openvino and nncf, which depend on neither: the loaded transformers
 model (an adapter merged into it first, with peft's merge_and_unload) is traced by `openvino.convert_model` with
 its KV cache as explicit inputs and outputs, made stateful the way OpenVINO GenAI expects (a `beam_idx` input and
-ReadValue/Assign pairs, as optimum-intel does), and its weights compressed by `nncf.compress_weights`. On CPU,
+ReadValue/Assign pairs, as optimum-intel does), each layer's parallel projections fused, and its weights
+compressed by `nncf.compress_weights`. On CPU,
 GenAI runs it with paged attention by default (rewriting its attention and KV state into its own) and falls back
 to the stateful model; tests/test_engine.py checks both against torch. The prompt reaches the engine as the token
 ids ragqa's own tokenizer made (never re-tokenized text), so special tokens that prompt.py defused stay defused,
@@ -42,7 +43,7 @@ from ragqa.terminal import printable
 
 ENGINES = ("auto", "torch", "openvino")
 WEIGHTS = ("int8", "int4", "fp32")
-EXPORT_VERSION = "1"
+EXPORT_VERSION = "2"
 """Part of the cache key: bump when the export itself changes."""
 MANIFEST = "ragqa_engine.json"
 MODEL_FILES = ("openvino_model.xml", "openvino_model.bin")
@@ -257,14 +258,57 @@ def _make_stateful(ov_model, kv_in: list[str], kv_out: list[str], kv_shape: list
     ov_model.validate_nodes_and_infer_types()
 
 
+def _fuse_parallel_projections(ov_model) -> int:
+    """MatMuls that read the same activation with constant weights (each layer's q/k/v projections, and the MLP's
+    gate and up) become one MatMul over the weights concatenated along the output axis, then a split: the same
+    products, fewer and larger kernels. Returns the number of fused groups.
+
+    Why here: decoding one token at a time on 2 cores is bound by per-kernel overhead, not arithmetic, and
+    OpenVINO's CPU plugin fuses these projections only on AMX machines. Side by side in one process (int8, 2
+    threads, 800-token context, AVX-512 VNNI), fusing both groups decoded 4-11 % faster than fusing none. The
+    compression that follows quantizes per output channel (int8) or in groups along the input (int4), so the
+    fused weights quantize exactly as the separate ones did."""
+    import numpy as np
+    from openvino import opset13
+
+    groups: dict[tuple, list] = {}
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "MatMul" or op.get_attributes()["transpose_a"]:
+            continue
+        weight = op.input_value(1).get_node()
+        if weight.get_type_name() != "Constant":
+            continue
+        source = op.input_value(0)
+        key = (source.get_node().get_name(), source.get_index(), op.get_attributes()["transpose_b"])
+        groups.setdefault(key, []).append((op, weight))
+    fused = 0
+    for (_, _, transpose_b), members in groups.items():
+        arrays = [weight.get_data() for _, weight in members]
+        axis = 0 if transpose_b else 1  # the output axis of a [out, in] or [in, out] weight
+        if len(members) < 2 or len({a.dtype for a in arrays}) > 1 or len({a.ndim for a in arrays} - {2}):
+            continue
+        joined = opset13.matmul(members[0][0].input_value(0), opset13.constant(np.concatenate(arrays, axis=axis)),
+                                False, transpose_b)
+        split = opset13.variadic_split(joined, opset13.constant(np.int64(-1)),
+                                       opset13.constant(np.array([a.shape[axis] for a in arrays], dtype=np.int64)))
+        for i, (op, _) in enumerate(members):
+            op.output(0).replace(split.output(i))
+        fused += 1
+    ov_model.validate_nodes_and_infer_types()
+    return fused
+
+
 def _compress(ov_model, weights: str):
-    """nncf data-free weight compression of every MatMul and Gather weight (int8: asymmetric per output channel;
-    int4: asymmetric in groups of 64). Activations stay float."""
+    """nncf data-free weight compression of every MatMul and Gather weight (int8: symmetric per output channel;
+    int4: asymmetric in groups of 64). Activations stay float.
+
+    int8 is symmetric because the CPU kernels skip the zero point: side by side it decoded ~5 % faster than
+    asymmetric, with the same next-token agreement with torch on SmolLM2 (0.954 against 0.952, 8 RAG prompts)."""
     if weights == "fp32":
         return ov_model
     import nncf
 
-    mode = {"int8": nncf.CompressWeightsMode.INT8_ASYM, "int4": nncf.CompressWeightsMode.INT4_ASYM}[weights]
+    mode = {"int8": nncf.CompressWeightsMode.INT8_SYM, "int4": nncf.CompressWeightsMode.INT4_ASYM}[weights]
     kwargs = {"group_size": 64, "ratio": 1.0} if weights == "int4" else {}
     return nncf.compress_weights(ov_model, mode=mode, **kwargs)
 
@@ -292,6 +336,7 @@ def export(model, tokenizer, folder: Path, weights: str) -> None:
     for port, name in zip(ov_model.outputs, ["logits", *kv_out], strict=True):
         port.get_tensor().set_names({name})
     _make_stateful(ov_model, kv_in, kv_out, [-1, heads, -1, head_dim])
+    _fuse_parallel_projections(ov_model)
     ov_model = _compress(ov_model, weights)
     ov.save_model(ov_model, folder / MODEL_FILES[0], compress_to_fp16=False)
     config.save_pretrained(folder)  # OpenVINO GenAI reads the model type and defaults from these two
@@ -339,6 +384,7 @@ class OpenVINOGenerator:
                  properties: dict | None = None):
         """properties: OpenVINO GenAI device properties over ours (the tests pin ATTENTION_BACKEND with it)."""
         with no_telemetry():
+            import openvino
             import openvino_genai
 
         self.folder = folder
@@ -350,6 +396,11 @@ class OpenVINOGenerator:
             # fp32 weights are for matching torch: no bf16 activations (the CPU default where the CPU has them)
             # and no u8 KV cache (the x86 default).
             props.update(INFERENCE_PRECISION_HINT="f32", KV_CACHE_PRECISION="f32")
+        elif weights == "int8" and "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            # Where the CPU computes in bf16 (its default there), int8 weights widened to bf16 decoded ~5 % faster
+            # than the default of quantizing each activation to int8 (side by side, AVX-512 BF16 + VNNI). Elsewhere
+            # the default stays: not measured.
+            props["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
         props.update(properties or {})
         self.pipe = openvino_genai.LLMPipeline(str(folder), "CPU", **props)
         self.lock = threading.Lock()  # one generate at a time (serve has one worker; tests may share a pipeline)

@@ -171,8 +171,33 @@ def test_eval_generates_with_the_engine_and_records_it(pipes):
     assert [r["engine"] for r in records] == ["openvino", "openvino"] and all(r["answer"] for r in records)
 
 
+def test_export_fuses_parallel_projections_and_int8_is_symmetric(pipes, tiny_smollm2):
+    """Each layer's q/k/v projections are one MatMul and a split, and so are the MLP's gate and up (4 weighted
+    MatMuls a layer instead of 7, plus the LM head; the fp32 test above checks the products are unchanged), and the
+    int8 weights are signed with no zero point (symmetric: the CPU kernels skip the zero-point subtraction)."""
+    from transformers import AutoConfig
+
+    from ragqa.engine import no_telemetry
+
+    with no_telemetry():
+        import openvino as ov
+
+    layers = AutoConfig.from_pretrained(tiny_smollm2).num_hidden_layers
+    core = ov.Core()
+    fp32 = core.read_model(str(pipes["fp32"].engine.variant(False).folder / "openvino_model.xml"))
+    weighted = [op for op in fp32.get_ops() if op.get_type_name() == "MatMul"
+                and op.input_value(1).get_node().get_type_name() == "Constant"]
+    assert len(weighted) == 4 * layers + 1
+    assert sorted(op.get_output_size() for op in fp32.get_ops() if op.get_type_name() == "VariadicSplit") \
+        == [2] * layers + [3] * layers
+    int8 = core.read_model(str(pipes["int8"].engine.variant(False).folder / "openvino_model.xml"))
+    eight_bit = {op.get_output_element_type(0).get_type_name() for op in int8.get_ops()
+                 if op.get_type_name() == "Constant" and op.get_output_element_type(0).bitwidth == 8}
+    assert eight_bit == {"i8"}
+
+
 def test_int8_conversion_picks_torchs_next_token(pipes):
-    """int8 weights (nncf, asymmetric per output channel): the weights are int8 (a quarter of fp32's bytes), and
+    """int8 weights (nncf, symmetric per output channel): the weights are int8 (a quarter of fp32's bytes), and
     reading the same tokens, the int8 model's most likely next token is torch's at >= 85% of the ~2,500 positions
     of three RAG prompts (87.8% with openvino 2026.4 and nncf 3.4: this random model's top logits are close, so
     rounding flips more of them than on a trained model). Free-running greedy answers part within a few tokens
