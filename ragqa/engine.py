@@ -258,10 +258,10 @@ def _make_stateful(ov_model, kv_in: list[str], kv_out: list[str], kv_shape: list
     ov_model.validate_nodes_and_infer_types()
 
 
-def _fuse_parallel_projections(ov_model) -> int:
+def _fuse_parallel_projections(ov_model) -> None:
     """MatMuls that read the same activation with constant weights (each layer's q/k/v projections, and the MLP's
     gate and up) become one MatMul over the weights concatenated along the output axis, then a split: the same
-    products, fewer and larger kernels. Returns the number of fused groups.
+    products, fewer and larger kernels.
 
     Why here: decoding one token at a time on 2 cores is bound by per-kernel overhead, not arithmetic, and
     OpenVINO's CPU plugin fuses these projections only on AMX machines. Side by side in one process (int8, 2
@@ -281,11 +281,10 @@ def _fuse_parallel_projections(ov_model) -> int:
         source = op.input_value(0)
         key = (source.get_node().get_name(), source.get_index(), op.get_attributes()["transpose_b"])
         groups.setdefault(key, []).append((op, weight))
-    fused = 0
     for (_, _, transpose_b), members in groups.items():
         arrays = [weight.get_data() for _, weight in members]
         axis = 0 if transpose_b else 1  # the output axis of a [out, in] or [in, out] weight
-        if len(members) < 2 or len({a.dtype for a in arrays}) > 1 or len({a.ndim for a in arrays} - {2}):
+        if len(members) < 2 or any(a.ndim != 2 or a.dtype != arrays[0].dtype for a in arrays):
             continue
         joined = opset13.matmul(members[0][0].input_value(0), opset13.constant(np.concatenate(arrays, axis=axis)),
                                 False, transpose_b)
@@ -293,9 +292,7 @@ def _fuse_parallel_projections(ov_model) -> int:
                                        opset13.constant(np.array([a.shape[axis] for a in arrays], dtype=np.int64)))
         for i, (op, _) in enumerate(members):
             op.output(0).replace(split.output(i))
-        fused += 1
     ov_model.validate_nodes_and_infer_types()
-    return fused
 
 
 def _compress(ov_model, weights: str):
